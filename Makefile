@@ -1,0 +1,33 @@
+# Two commands do everything on a fresh machine:
+#   make demo   creates .venv on first use, installs avtool, and runs the main job on generated sample data
+#   make test   same set-up, then the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+DEMO ?= demo_out
+
+.PHONY: demo test lint clean
+
+$(BIN)/avtool: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/avtool
+	$(BIN)/avtool env
+	$(BIN)/avtool sample $(DEMO)/sample
+	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len auto --batch-size 1024 --step-time 4 --read-speed 500 --plan
+	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len 15
+	$(BIN)/avtool bench io $(DEMO)/chunks --file-size-mb 256 --chunk-files 20 --output $(DEMO)/results
+	@echo "demo outputs are in $(DEMO)/: sample/, chunks/ (manifest.csv), results/"
+
+test: $(BIN)/avtool
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/avtool
+	$(BIN)/ruff check avtool tests
+	$(BIN)/ruff format --check avtool tests
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,107 @@
+"""`avtool env`: the software and hardware a result was measured on; every benchmark stamps it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import os
+import platform
+import socket
+
+from avtool.video.ffmpeg import ffmpeg_exe, ffmpeg_version
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[dict]:
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            gpus.append({"index": i, "name": name if isinstance(name, str) else name.decode(),
+                         "memory_gib": round(memory.total / 2**30, 1)})  # fmt: skip
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        for gpu in gpus:
+            gpu["driver"] = driver if isinstance(driver, str) else driver.decode()
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _nvdec_available() -> bool:
+    """True when PyAV's FFmpeg can open a CUDA device for NVDEC decoding."""
+    try:
+        import av.codec.hwaccel as hwaccel
+
+        if "cuda" not in hwaccel.hwdevices_available():
+            return False
+        hwaccel.HWAccel(device_type="cuda", allow_software_fallback=False)
+        return _gpus() != []
+    except Exception:  # any failure means "not usable here", which is what we report
+        return False
+
+
+def _sdpa_backends() -> dict[str, bool]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"math": True, "flash": False, "efficient": False, "cudnn": False}
+    cuda = torch.backends.cuda
+    return {
+        "math": True,
+        "flash": bool(getattr(cuda, "is_flash_attention_available", lambda: True)()),
+        "efficient": True,
+        "cudnn": bool(torch.backends.cudnn.is_available()),
+    }
+
+
+def collect_environment() -> dict:
+    """A flat description of this machine and avtool's dependencies, JSON-serialisable."""
+    import torch
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "avtool": _version("avtool"),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "av": _version("av"),
+        "decord": _version("decord"),
+        "open_clip": _version("open_clip_torch"),
+        "ffmpeg": ffmpeg_exe(),
+        "ffmpeg_version": ffmpeg_version(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "gpus": _gpus(),
+        "nvdec": _nvdec_available(),
+        "sdpa_backends": _sdpa_backends(),
+        "flash_attn_package": _version("flash-attn"),
+    }

@@ -1,0 +1,1 @@
+"""Offline data preparation: sample data and chunking of long videos."""

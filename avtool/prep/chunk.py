@@ -1,0 +1,439 @@
+"""`avtool chunk`: cut a tree of raw long videos into the AVION chunk layout, resumably and in parallel.
+
+``SRC/a/b.mp4`` becomes ``DST/a/b.mp4/0.mp4, 15.mp4, …``. Each video is encoded into a hidden
+partial folder, verified, and renamed into place; so a finished folder is always complete, a rerun
+skips it, and an interrupted run leaves only partial folders that the next run removes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+
+from avtool.atomic import atomic_write_text, partial_name
+from avtool.bench.io import measure_sequential_read
+from avtool.errors import AvtoolError
+from avtool.prep.encode import (
+    ChunkFile,
+    EncodeError,
+    EncodeSettings,
+    encode_chunks,
+    trial_bitrate,
+    verify_chunks,
+)
+from avtool.prep.sizing import ChunkSizing, Quantity
+from avtool.video.probe import VideoInfo, probe_video
+
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".webm", ".avi"}
+STATE_DIR = ".avtool"
+MANIFEST_COLUMNS = [
+    "video", "chunk", "start", "duration", "frames", "fps", "width", "height", "bytes", "bitrate",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    src: Path
+    """Folder searched recursively for videos (mp4, mkv, mov, webm, avi), or one video file."""
+    dst: Path
+    """Output root: DST/<relative path of the video>/<start second>.<ext>."""
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    auto_chunk_len: bool = False
+    """Choose the chunk length from B·ρ·T ≤ S_r·Δ instead of ``encode.chunk_len``."""
+    batch_size: int = 1024
+    """B: clips per training step on the whole node (paper: 1024)."""
+    step_time: float = 4.0
+    """Δ: seconds per training step (paper: 4 s)."""
+    read_speed: float | None = None
+    """S_r in bytes/s; None measures DST's volume."""
+    safety: float = 0.04
+    """Fraction of the read budget kept in reserve (4% turns the paper's 15.6 s into its 15 s)."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Videos encoded at the same time."""
+    shard: tuple[int, int] = (0, 1)
+    """(i, n): process only the videos whose path hashes to shard i of n."""
+    trial_videos: int = 3
+    """Videos trial-encoded to measure ρ."""
+
+    def __post_init__(self) -> None:
+        i, n = self.shard
+        if n < 1 or not 0 <= i < n:
+            raise AvtoolError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+        if self.workers < 1:
+            raise AvtoolError(f"--workers must be at least 1, got {self.workers}")
+        if self.batch_size < 1 or self.step_time <= 0:
+            raise AvtoolError("--batch-size and --step-time must be positive")
+        if not 0 <= self.safety < 1:
+            raise AvtoolError(f"--safety must be in [0, 1), got {self.safety}")
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    info: VideoInfo
+    rel: Path
+    """Path relative to SRC; also the chunk folder's path relative to DST."""
+
+    @property
+    def ext(self) -> str:
+        # Chunks are MP4 files; keep the source's spelling (EK-100's .MP4) when it is MP4.
+        suffix = self.rel.suffix.lstrip(".")
+        return suffix if suffix.lower() == "mp4" else "mp4"
+
+
+@dataclass
+class Failure:
+    video: str
+    reason: str
+
+
+@dataclass
+class ChunkPlan:
+    config: ChunkConfig
+    jobs: list[VideoJob]
+    """Videos of this shard that still need chunking."""
+    done: list[str]
+    """Videos of this shard already chunked by an earlier run."""
+    failures: list[Failure]
+    """Videos that cannot be read at all."""
+    sizing: ChunkSizing | None
+    """Eq. 3's derivation (when ρ and S_r were measured or given)."""
+    chunk_len: int
+
+    @property
+    def seconds(self) -> float:
+        return sum(job.info.duration for job in self.jobs)
+
+    @property
+    def predicted_chunks(self) -> int:
+        return sum(math.ceil(job.info.duration / self.chunk_len - 1e-6) for job in self.jobs)
+
+    @property
+    def predicted_bytes(self) -> float | None:
+        if self.sizing is None:
+            return None
+        return self.sizing.bitrate.value * self.seconds / 8
+
+
+@dataclass
+class ChunkReport:
+    plan: ChunkPlan
+    chunked: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    chunks: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    """Seconds of source video chunked in this run."""
+    wall_seconds: float = 0.0
+    cores: int = 1
+    interrupted: bool = False
+    aborted: str | None = None
+    """Why the run stopped early (e.g. a full disk)."""
+
+    @property
+    def realtime_factor(self) -> float:
+        """Hours of video chunked per wall-clock hour."""
+        return self.seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+    @property
+    def mean_bitrate(self) -> float:
+        return 8 * self.bytes / self.seconds if self.seconds else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.plan.failures and not self.interrupted and not self.aborted
+
+
+def find_videos(src: Path) -> list[Path]:
+    """Video files under ``src`` (or ``src`` itself), sorted, skipping hidden partial files."""
+    if not src.exists():
+        raise AvtoolError(f"{src}: no such file or folder")
+    if src.is_file():
+        return [src]
+    return sorted(
+        p
+        for p in src.rglob("*")
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def in_shard(rel: Path, shard: tuple[int, int]) -> bool:
+    """Stable across machines and runs: adding videos never moves an existing one to another shard."""
+    i, n = shard
+    return zlib.crc32(rel.as_posix().encode()) % n == i
+
+
+def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
+    """Probe the inputs of this shard, find what is already done, and size the chunks (Eq. 3).
+
+    ρ and S_r are measured (seconds of work) for ``--chunk-len auto`` or when ``measure`` is set."""
+    src, dst = Path(cfg.src), Path(cfg.dst)
+    if dst.resolve().is_relative_to(src.resolve()) and src.is_dir():
+        raise AvtoolError(f"DST {dst} lies inside SRC {src}: chunks would be found as inputs next time")
+    paths = find_videos(src)
+    if not paths:
+        raise AvtoolError(f"{src}: no videos found ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    root = src if src.is_dir() else src.parent
+    rels = [p.relative_to(root) for p in paths if in_shard(p.relative_to(root), cfg.shard)]
+    jobs, done, failures = [], [], []
+    for rel in rels:
+        if _is_done(dst, rel):
+            done.append(rel.as_posix())
+            continue
+        try:
+            jobs.append(VideoJob(probe_video(root / rel), rel))
+        except AvtoolError as e:
+            failures.append(Failure(rel.as_posix(), _strip_path(str(e), root / rel)))
+
+    sizing = None
+    chunk_len = cfg.encode.chunk_len
+    if jobs and (cfg.auto_chunk_len or measure):
+        sizing = size_chunks(cfg, [j.info for j in jobs])
+        if cfg.auto_chunk_len:
+            chunk_len = sizing.chosen_chunk_seconds
+    cfg = replace(cfg, encode=replace(cfg.encode, chunk_len=chunk_len))
+    _check_settings(dst, cfg)
+    return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len)
+
+
+def size_chunks(cfg: ChunkConfig, infos: list[VideoInfo]) -> ChunkSizing:
+    """Measure ρ by trial encodes and S_r on DST's volume (unless given), for Eq. 3."""
+    sample = sorted(infos, key=lambda i: i.path)[: max(1, cfg.trial_videos)]
+    with tempfile.TemporaryDirectory(prefix="avtool-trial-") as tmp:
+        rates = [(trial_bitrate(info, cfg.encode, Path(tmp)), info.duration) for info in sample]
+    rho = sum(r * d for r, d in rates) / sum(d for _, d in rates)
+    if cfg.read_speed is not None:
+        read = Quantity("S_r", cfg.read_speed, "B/s", "--read-speed")
+    else:
+        result = measure_sequential_read(_existing_parent(Path(cfg.dst)), size_bytes=256 * 2**20)
+        read = Quantity("S_r", result.bytes_per_second, "B/s", f"measured on DST's volume, {result.cache}")
+    return ChunkSizing(
+        batch_size=Quantity("B", cfg.batch_size, "clips/step", "--batch-size"),
+        bitrate=Quantity(
+            "ρ",
+            rho,
+            "b/s",
+            f"trial encode of {len(sample)} video(s), crf {cfg.encode.crf}, {cfg.encode.preset}",
+        ),
+        read_speed=read,
+        step_time=Quantity("Δ", cfg.step_time, "s", "--step-time"),
+        safety=cfg.safety,
+    )
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _strip_path(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _state_dir(dst: Path) -> Path:
+    return dst / STATE_DIR
+
+
+def _piece_path(dst: Path, rel: Path) -> Path:
+    return _state_dir(dst) / "manifest" / f"{rel.as_posix()}.csv"
+
+
+def _is_done(dst: Path, rel: Path) -> bool:
+    return (dst / rel).is_dir() and _piece_path(dst, rel).is_file()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def run_chunking(
+    plan: ChunkPlan,
+    on_progress: Callable[[float], None] | None = None,
+    on_video_done: Callable[[str, str | None], None] | None = None,
+) -> ChunkReport:
+    """Chunk every video of the plan. ``on_progress`` gets seconds of footage encoded;
+    ``on_video_done(video, failure_reason_or_None)`` is called as each video finishes."""
+    cfg = plan.config
+    dst = Path(cfg.dst)
+    _check_settings(dst, cfg)
+    if not _settings_path(dst).exists():
+        atomic_write_text(_settings_path(dst), json.dumps(_settings_record(cfg), indent=2))
+    cores = os.cpu_count() or 1
+    workers = max(1, min(cfg.workers, len(plan.jobs) or 1))
+    threads = max(1, cores // workers)
+    report = ChunkReport(plan, cores=min(cores, workers * threads))
+    processes: set[subprocess.Popen] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def register(proc: subprocess.Popen) -> None:
+        with lock:
+            processes.add(proc)
+        if stop.is_set():
+            proc.kill()
+
+    def run_one(job: VideoJob) -> list[ChunkFile]:
+        if stop.is_set():
+            raise _Interrupted
+        final = dst / job.rel
+        partial = partial_name(final)
+        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+        try:
+            if final.is_dir():
+                # Renamed by a run killed before it wrote the manifest: verify instead of re-encoding.
+                chunks = verify_chunks(job.info, final, job.ext, cfg.encode)
+            else:
+                chunks = encode_chunks(job.info, partial, job.ext, cfg.encode, threads, on_progress, register)
+                if stop.is_set():
+                    raise _Interrupted
+                os.replace(partial, final)
+                chunks = [replace(c, path=final / c.path.name) for c in chunks]
+            _write_piece(dst, job, chunks)
+            return chunks
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+
+    start = time.perf_counter()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures: dict[Future, VideoJob] = {}
+    pending = sorted(
+        plan.jobs, key=lambda j: -j.info.duration
+    )  # longest first: fewer idle workers at the end
+    try:
+        with _sigterm_as_interrupt():
+            while pending or futures:
+                while pending and len(futures) < workers and not report.aborted:
+                    job = pending.pop(0)
+                    futures[pool.submit(run_one, job)] = job
+                if not futures:
+                    break
+                finished, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = futures.pop(future)
+                    name = job.rel.as_posix()
+                    try:
+                        chunks = future.result()
+                    except (EncodeError, AvtoolError, OSError) as e:
+                        reason = str(e) if not isinstance(e, OSError) else f"{e.strerror or e}"
+                        report.failures.append(Failure(name, reason))
+                        if "disk full" in reason or getattr(e, "errno", None) == 28:
+                            report.aborted = f"disk full while writing {dst}: free space and rerun to resume"
+                            pending.clear()
+                        if on_video_done is not None:
+                            on_video_done(name, reason)
+                        continue
+                    report.chunked.append(name)
+                    report.chunks += len(chunks)
+                    report.bytes += sum(c.bytes for c in chunks)
+                    report.seconds += job.info.duration
+                    if on_video_done is not None:
+                        on_video_done(name, None)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        stop.set()
+        with lock:
+            for proc in processes:
+                if proc.poll() is None:
+                    proc.kill()
+        for future in futures:
+            future.cancel()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        report.wall_seconds = time.perf_counter() - start
+        write_manifest(dst)
+    return report
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (kill, a scheduler's preemption) like Ctrl-C so the cleanup runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _settings_record(cfg: ChunkConfig) -> dict:
+    return {"format": 1, **asdict(cfg.encode)}
+
+
+def _settings_path(dst: Path) -> Path:
+    return _state_dir(dst) / "chunk_settings.json"
+
+
+def _check_settings(dst: Path, cfg: ChunkConfig) -> None:
+    """Refuse to mix chunks of different settings in one DST: resume must mean the same encoding."""
+    record_path = _settings_path(dst)
+    wanted = _settings_record(cfg)
+    if record_path.exists():
+        try:
+            found = json.loads(record_path.read_text())
+        except json.JSONDecodeError:
+            found = None
+        if found != wanted:
+            differing = sorted(k for k in wanted if not found or found.get(k) != wanted[k])
+            raise AvtoolError(
+                f"{dst} holds chunks made with other settings ({', '.join(differing)} differ): "
+                "use another DST or the same settings"
+            )
+
+
+def _write_piece(dst: Path, job: VideoJob, chunks: list[ChunkFile]) -> None:
+    rows = [
+        {
+            "video": job.rel.as_posix(),
+            "chunk": (job.rel / c.path.name).as_posix(),
+            "start": c.start,
+            "duration": round(c.duration, 6),
+            "frames": c.frames,
+            "fps": round(c.fps, 6),
+            "width": c.width,
+            "height": c.height,
+            "bytes": c.bytes,
+            "bitrate": round(c.bitrate),
+        }
+        for c in chunks
+    ]
+    atomic_write_text(
+        _piece_path(dst, job.rel), pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False)
+    )
+
+
+def write_manifest(dst: Path) -> Path | None:
+    """Gather the per-video pieces into DST/manifest.csv (one row per chunk), whichever shard made them."""
+    pieces_dir = _state_dir(dst) / "manifest"
+    pieces = sorted(pieces_dir.rglob("*.csv")) if pieces_dir.is_dir() else []
+    pieces = [p for p in pieces if not p.name.startswith(".")]
+    if not pieces:
+        return None
+    table = pd.concat([pd.read_csv(p) for p in pieces], ignore_index=True)
+    table = table.sort_values(["video", "start"], kind="stable")
+    path = dst / "manifest.csv"
+    atomic_write_text(path, table.to_csv(index=False))
+    return path

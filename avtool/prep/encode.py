@@ -1,0 +1,258 @@
+"""Re-encode one long video into fixed-length libx264 chunks in a single FFmpeg pass, and verify them.
+
+The segment muxer cuts the encoder's output at chunk boundaries; keyframes are forced (as IDR
+frames) at every chunk start, so each chunk decodes on its own, and every ``gop`` seconds inside a
+chunk, so sparse frame sampling can seek instead of decoding the chunk from its start.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from avtool.errors import AvtoolError
+from avtool.video.ffmpeg import ffmpeg_exe
+from avtool.video.probe import VideoInfo
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    chunk_len: int = 15
+    """Chunk length in seconds."""
+    crf: int = 23
+    """libx264 constant rate factor (lower is higher quality and more bytes)."""
+    preset: str = "medium"
+    """libx264 preset (ultrafast … veryslow): encoding speed against bytes."""
+    fps: float | None = None
+    """Output frame rate in frames/s; None keeps the source's average rate (as constant rate)."""
+    short_side: int = 288
+    """Short side of the output in pixels (aspect kept, even sizes); 0 keeps the source size."""
+    upscale: bool = False
+    """Also scale sources whose short side is below ``short_side`` up."""
+    gop: float = 1.0
+    """Keyframe interval inside a chunk in seconds."""
+    audio: bool = False
+    """Keep the first audio track (re-encoded as AAC)."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_len < 1:
+            raise AvtoolError(f"chunk length must be at least 1 s, got {self.chunk_len}")
+        if not 0 < self.gop <= self.chunk_len:
+            raise AvtoolError(f"--gop must be in (0, chunk length], got {self.gop}")
+        if not 0 <= self.crf <= 51:
+            raise AvtoolError(f"--crf must be in 0..51, got {self.crf}")
+        if self.preset not in X264_PRESETS:
+            raise AvtoolError(f"--preset must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}")
+
+
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+
+
+def output_size(info: VideoInfo, settings: EncodeSettings) -> tuple[int, int]:
+    """(width, height) of the chunks: display orientation, short side scaled, both even."""
+    width, height = info.display_size
+    short = min(width, height)
+    if settings.short_side and (short > settings.short_side or settings.upscale):
+        scale = settings.short_side / short
+        width, height = width * scale, height * scale
+    return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
+
+
+def output_rate(info: VideoInfo, settings: EncodeSettings) -> Fraction:
+    if settings.fps:
+        return Fraction(settings.fps).limit_denominator(1001)
+    return Fraction(info.fps_fraction)
+
+
+def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> list[str]:
+    """FFmpeg arguments from the input to the encoder, shared by chunking and the trial encode."""
+    width, height = output_size(info, settings)
+    rate = output_rate(info, settings)
+    # The keyframe key changes at every chunk start and every gop inside a chunk; a frame whose key
+    # differs from the last forced keyframe's is forced. The 1e-4 s nudge absorbs float error in t.
+    L, G = settings.chunk_len, settings.gop
+    key = f"(floor(({{t}})/{L})*1000000+floor((({{t}})-floor(({{t}})/{L})*{L})/{G}))"
+    now, last = key.format(t="t+0.0001"), key.format(t="prev_forced_t+0.0001")
+    audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"] if settings.audio else ["-an"]
+    return [
+        "-threads", str(threads), "-i", info.path,
+        "-map", "0:v:0", *audio, "-sn", "-dn", "-map_metadata", "-1",
+        # autorotate (FFmpeg's default) turns the frames upright before our filters see them.
+        "-vf", f"setpts=PTS-STARTPTS,scale={width}:{height}:flags=bicubic,setsar=1",
+        "-fps_mode", "cfr", "-r", f"{rate.numerator}/{rate.denominator}",
+        "-c:v", "libx264", "-preset", settings.preset, "-crf", str(settings.crf), "-pix_fmt", "yuv420p",
+        "-force_key_frames", f"expr:if(isnan(prev_forced_t),1,gt({now},{last}))", "-forced-idr", "1",
+        "-threads", str(threads),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ChunkFile:
+    path: Path
+    start: int
+    """Start second in the source video; also the file's name."""
+    frames: int
+    fps: float
+    width: int
+    height: int
+    bytes: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps
+
+    @property
+    def bitrate(self) -> float:
+        return 8 * self.bytes / self.duration if self.frames else 0.0
+
+
+class EncodeError(Exception):
+    """FFmpeg failed or its output did not verify; the message is the one-line reason."""
+
+
+def encode_chunks(
+    info: VideoInfo,
+    out_dir: Path,
+    ext: str,
+    settings: EncodeSettings,
+    threads: int,
+    on_progress: Callable[[float], None] | None = None,
+    register: Callable[[subprocess.Popen], None] | None = None,
+) -> list[ChunkFile]:
+    """Cut ``info.path`` into ``out_dir/<start>.<ext>`` chunks and verify them.
+
+    ``on_progress`` receives seconds of source encoded since its last call; ``register`` receives
+    the FFmpeg process so that an interrupted run can stop it.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rate = output_rate(info, settings)
+    args = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        *encoder_args(info, settings, threads),
+        "-f", "segment", "-segment_time", str(settings.chunk_len),
+        "-segment_time_delta", f"{0.5 / float(rate):.6f}", "-reset_timestamps", "1",
+        "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
+        "-progress", "pipe:1", "-nostats",
+        str(out_dir / f"%06d.{ext}"),
+    ]  # fmt: skip
+    # A session of its own: Ctrl-C reaches avtool, which stops FFmpeg and removes the partial output.
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    if register is not None:
+        register(proc)
+    stderr_lines: list[str] = []
+    drain = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+    drain.start()
+    done = 0.0
+    for line in proc.stdout:
+        if line.startswith("out_time_us=") and on_progress is not None:
+            try:
+                seconds = int(line.split("=", 1)[1]) / 1e6
+            except ValueError:
+                continue
+            if seconds > done:
+                on_progress(min(seconds, info.duration) - done)
+                done = min(seconds, info.duration)
+    code = proc.wait()
+    drain.join()
+    if code != 0:
+        raise EncodeError(_ffmpeg_reason(stderr_lines, code))
+    if on_progress is not None and info.duration > done:
+        on_progress(info.duration - done)
+    name_segments(out_dir, ext, settings.chunk_len)
+    return verify_chunks(info, out_dir, ext, settings)
+
+
+def _ffmpeg_reason(stderr_lines: list[str], code: int) -> str:
+    text = " ".join(line.strip() for line in stderr_lines if line.strip())
+    if "No space left on device" in text:
+        return "disk full (No space left on device)"
+    if code < 0:
+        return f"ffmpeg was stopped by signal {-code}"
+    last = stderr_lines[-1].strip() if stderr_lines else f"exit code {code}"
+    return f"ffmpeg failed: {last[:200]}"
+
+
+def name_segments(out_dir: Path, ext: str, chunk_len: int) -> None:
+    """Rename FFmpeg's numbered segments (000000, 000001, …) to their start seconds (0, 15, …)."""
+    numbered = sorted(p for p in out_dir.iterdir() if p.suffix == f".{ext}" and len(p.stem) == 6)
+    for index, path in enumerate(numbered):
+        if int(path.stem) != index:
+            raise EncodeError(f"segment numbering has a gap at {path.name}")
+        path.rename(out_dir / f"{index * chunk_len}.{ext}")
+
+
+def verify_chunks(info: VideoInfo, out_dir: Path, ext: str, settings: EncodeSettings) -> list[ChunkFile]:
+    """Check the chunks of one video: starts at every chunk_len seconds, each begins with a keyframe,
+    each but the last holds chunk_len seconds to a frame, and together they cover the source's
+    duration to a frame per chunk."""
+    files = sorted(
+        (p for p in out_dir.iterdir() if p.suffix == f".{ext}" and p.stem.isdigit()),
+        key=lambda p: int(p.stem),
+    )
+    if not files:
+        raise EncodeError("no chunk was written (the input has no decodable video?)")
+    rate = float(output_rate(info, settings))
+    per_chunk = settings.chunk_len * rate
+    chunks = []
+    for index, path in enumerate(files):
+        start = index * settings.chunk_len
+        if int(path.stem) != start:
+            raise EncodeError(f"expected chunk {start}.{ext}, found {path.name}")
+        frames, first_is_key, width, height = _count_frames(path)
+        if not first_is_key:
+            raise EncodeError(f"chunk {path.name} does not start with a keyframe")
+        is_last = index == len(files) - 1
+        if frames == 0 or (not is_last and abs(frames - per_chunk) > 1) or frames > per_chunk + 1:
+            raise EncodeError(f"chunk {path.name} holds {frames} frames, expected {per_chunk:g}")
+        chunks.append(ChunkFile(path, start, frames, rate, width, height, path.stat().st_size))
+    covered = sum(c.frames for c in chunks) / rate
+    if abs(covered - info.duration) > (len(chunks) + 1) / rate:
+        raise EncodeError(
+            f"chunks cover {covered:.2f} s of the source's {info.duration:.2f} s (truncated or corrupt input)"
+        )
+    return chunks
+
+
+def _count_frames(path: Path) -> tuple[int, bool, int, int]:
+    """(video packets, first packet is a keyframe, width, height) without decoding."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames, first_is_key = 0, False
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                if frames == 0:
+                    first_is_key = packet.is_keyframe
+                frames += 1
+            return frames, first_is_key, stream.width, stream.height
+    except (av.error.FFmpegError, IndexError) as e:
+        raise EncodeError(f"chunk {path.name} is unreadable: {e}") from None
+
+
+def trial_bitrate(info: VideoInfo, settings: EncodeSettings, scratch: Path, seconds: float = 8.0) -> float:
+    """Bits/s of ``seconds`` from the middle of the video encoded at ``settings`` (for ρ in Eq. 3)."""
+    length = min(seconds, info.duration)
+    start = max(0.0, info.duration / 2 - length / 2)
+    out = scratch / f"trial-{Path(info.path).stem}.mp4"
+    args = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-ss", f"{start:.3f}",
+        *encoder_args(info, settings, threads=0), "-t", f"{length:.3f}", "-f", "mp4", str(out),
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+        if result.returncode != 0 or not out.exists():
+            raise EncodeError(_ffmpeg_reason(result.stderr.splitlines(), result.returncode))
+        return 8 * out.stat().st_size / length
+    finally:
+        out.unlink(missing_ok=True)

@@ -1,0 +1,41 @@
+"""Write a benchmark's rows as CSV and JSON, stamped with the environment and the config that made them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from avtool.atomic import atomic_write_text
+from avtool.env import collect_environment
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tuple[Path, Path]:
+    """``out_dir/name.csv`` (one flat row per measurement) and ``out_dir/name.json`` (rows, config
+    and environment). Returns both paths."""
+    out_dir = Path(out_dir)
+    csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
+    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+    record = {
+        "name": name,
+        "env": collect_environment(),
+        "config": _jsonable(config),
+        "rows": _jsonable(rows),
+    }
+    atomic_write_text(json_path, json.dumps(record, indent=2))
+    return csv_path, json_path

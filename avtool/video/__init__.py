@@ -1,0 +1,1 @@
+"""Shared video building blocks: probing, the FFmpeg binary, decoding."""
