@@ -36,7 +36,8 @@ err_console = Console(stderr=True)
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of typer.Exit instead of exiting.
+        code = app(standalone_mode=False)
     except AvtoolError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -52,6 +53,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _hours(seconds: float) -> str:
@@ -96,11 +98,7 @@ def sample(
     and EK-100 CSVs, retrieval sentences and relevancy matrices."""
     from avtool.prep.sample import SampleConfig, make_sample
 
-    cfg = (
-        SampleConfig(dest=dest, seed=seed)
-        if workers <= 0
-        else SampleConfig(dest=dest, seed=seed, workers=workers)
-    )
+    cfg = SampleConfig(dest=dest, seed=seed) if workers <= 0 else SampleConfig(dest=dest, seed=seed, workers=workers)
     with console.status(f"rendering sample videos into {dest} ..."):
         report = make_sample(cfg, on_video_done=lambda p: console.print(f"  wrote {p}", highlight=False))
     verb = "already present" if report.skipped else "written"
@@ -121,47 +119,29 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 @app.command()
 def chunk(
-    src: Annotated[
-        Path, typer.Argument(help="Folder searched recursively for videos (mp4/mkv/mov/webm/avi).")
-    ],
+    src: Annotated[Path, typer.Argument(help="Folder searched recursively for videos (mp4/mkv/mov/webm/avi).")],
     dst: Annotated[Path, typer.Argument(help="Output root: DST/<relative path>/<start second>.mp4.")],
     chunk_len: Annotated[
         str, typer.Option(help="Chunk length in whole seconds, or 'auto' to solve B·ρ·T ≤ S_r·Δ for T.")
     ] = "15",
-    crf: Annotated[
-        int, typer.Option(help="libx264 constant rate factor, 0-51 (lower: better, larger).")
-    ] = 23,
+    crf: Annotated[int, typer.Option(help="libx264 constant rate factor, 0-51 (lower: better, larger).")] = 23,
     preset: Annotated[
         str, typer.Option(help="libx264 preset, ultrafast ... veryslow (speed against size).")
     ] = "medium",
-    fps: Annotated[
-        float, typer.Option(help="Output frame rate in frames/s; 0 keeps the source's rate.")
-    ] = 0.0,
-    short_side: Annotated[
-        int, typer.Option(help="Short side of the chunks in pixels; 0 keeps the size.")
-    ] = 288,
+    fps: Annotated[float, typer.Option(help="Output frame rate in frames/s; 0 keeps the source's rate.")] = 0.0,
+    short_side: Annotated[int, typer.Option(help="Short side of the chunks in pixels; 0 keeps the size.")] = 288,
     upscale: Annotated[bool, typer.Option(help="Also scale videos smaller than --short-side up.")] = False,
-    gop: Annotated[
-        float, typer.Option(help="Keyframe interval inside a chunk in seconds (for seeking).")
-    ] = 1.0,
-    audio: Annotated[
-        bool, typer.Option(help="Keep the first audio track (AAC); dropped by default.")
-    ] = False,
-    batch_size: Annotated[
-        int, typer.Option(help="B: clips per training step on the node, for Eq. 3.")
-    ] = 1024,
+    gop: Annotated[float, typer.Option(help="Keyframe interval inside a chunk in seconds (for seeking).")] = 1.0,
+    audio: Annotated[bool, typer.Option(help="Keep the first audio track (AAC); dropped by default.")] = False,
+    batch_size: Annotated[int, typer.Option(help="B: clips per training step on the node, for Eq. 3.")] = 1024,
     step_time: Annotated[float, typer.Option(help="Δ: seconds per training step, for Eq. 3.")] = 4.0,
     read_speed: Annotated[
         float, typer.Option(help="S_r in MB/s for Eq. 3; 0 measures DST's volume (256 MiB test file).")
     ] = 0.0,
     safety: Annotated[float, typer.Option(help="Fraction of the read budget kept in reserve, 0-1.")] = 0.04,
     workers: Annotated[int, typer.Option(help="Videos encoded in parallel (default: all cores).")] = 0,
-    shard: Annotated[
-        str, typer.Option(help="i/n: do only shard i (0-based) of n, e.g. one Slurm array task.")
-    ] = "0/1",
-    plan: Annotated[
-        bool, typer.Option(help="Only print the sizing, chunk count and size; write nothing.")
-    ] = False,
+    shard: Annotated[str, typer.Option(help="i/n: do only shard i (0-based) of n, e.g. one Slurm array task.")] = "0/1",
+    plan: Annotated[bool, typer.Option(help="Only print the sizing, chunk count and size; write nothing.")] = False,
 ) -> None:
     """Cut long videos into fixed-length libx264 chunks in AVION's layout, resumably and in parallel.
 
@@ -186,10 +166,10 @@ def chunk(
     with console.status("probing videos" + (" and measuring ρ and S_r" if auto or plan else "") + " ..."):
         chunk_plan = plan_chunking(cfg, measure=plan)
     _print_plan(chunk_plan)
-    if plan:
-        raise typer.Exit(1 if chunk_plan.failures else 0)
-    if not chunk_plan.jobs:
-        console.print(f"nothing to do: {len(chunk_plan.done)} video(s) already chunked in {dst}")
+    if plan or not chunk_plan.jobs:
+        if not plan:
+            console.print(f"nothing to do: {len(chunk_plan.done)} video(s) already chunked in {dst}")
+        _print_failures(chunk_plan.failures)
         raise typer.Exit(1 if chunk_plan.failures else 0)
 
     columns = (
@@ -242,13 +222,12 @@ def _print_plan(plan) -> None:
         + (f", about {_size(size)}" if size is not None else ""),
         highlight=False,
     )
-    _print_failures(plan.failures, "Unreadable inputs")
 
 
-def _print_failures(failures, title: str) -> None:
+def _print_failures(failures) -> None:
     if not failures:
         return
-    table = Table(title=title, title_justify="left")
+    table = Table(title=f"{len(failures)} failed video(s)", title_justify="left")
     table.add_column("video", overflow="fold")
     table.add_column("reason", overflow="fold")
     for f in failures:
@@ -270,7 +249,7 @@ def _print_report(report) -> None:
     )  # fmt: skip
     table.add_row("manifest", str(Path(report.plan.config.dst) / "manifest.csv"))
     console.print(table)
-    _print_failures(report.failures, "Failed videos")
+    _print_failures(report.plan.failures + report.failures)
     if report.aborted:
         err_console.print(f"[red]stopped early:[/] {report.aborted}", highlight=False)
     if report.interrupted:
@@ -281,9 +260,7 @@ def _print_report(report) -> None:
 def bench_io(
     path: Annotated[Path, typer.Argument(help="A folder on the volume to measure (e.g. where chunks live).")],
     file_size_mb: Annotated[int, typer.Option(help="Size of the sequential-read test file, MiB.")] = 1024,
-    chunk_files: Annotated[
-        int, typer.Option(help="Chunk files read in random order (existing videos first).")
-    ] = 200,
+    chunk_files: Annotated[int, typer.Option(help="Chunk files read in random order (existing videos first).")] = 200,
     chunk_size_mb: Annotated[float, typer.Option(help="Size of each generated chunk file, MiB.")] = 2.0,
     threads: Annotated[int, typer.Option(help="Concurrent readers for the random chunk reads.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the random read order.")] = 0,

@@ -22,8 +22,6 @@ def make_video(
     """A libx264 test-pattern video (with a moving box, so frames differ) written by FFmpeg."""
     path.parent.mkdir(parents=True, exist_ok=True)
     args = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"]
-    if rotation is not None:
-        args += ["-display_rotation", str(rotation)]
     args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-c:a", "aac"]

@@ -165,9 +165,7 @@ def find_videos(src: Path) -> list[Path]:
     if src.is_file():
         return [src]
     return sorted(
-        p
-        for p in src.rglob("*")
-        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+        p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
     )
 
 
@@ -314,9 +312,7 @@ def run_chunking(
     start = time.perf_counter()
     pool = ThreadPoolExecutor(max_workers=workers)
     futures: dict[Future, VideoJob] = {}
-    pending = sorted(
-        plan.jobs, key=lambda j: -j.info.duration
-    )  # longest first: fewer idle workers at the end
+    pending = sorted(plan.jobs, key=lambda j: -j.info.duration)  # longest first: fewer idle workers at the end
     try:
         with _sigterm_as_interrupt():
             while pending or futures:
@@ -420,9 +416,7 @@ def _write_piece(dst: Path, job: VideoJob, chunks: list[ChunkFile]) -> None:
         }
         for c in chunks
     ]
-    atomic_write_text(
-        _piece_path(dst, job.rel), pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False)
-    )
+    atomic_write_text(_piece_path(dst, job.rel), pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False))
 
 
 def write_manifest(dst: Path) -> Path | None:

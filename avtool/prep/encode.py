@@ -86,8 +86,11 @@ def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> lis
         "-threads", str(threads), "-i", info.path,
         "-map", "0:v:0", *audio, "-sn", "-dn", "-map_metadata", "-1",
         # autorotate (FFmpeg's default) turns the frames upright before our filters see them.
-        "-vf", f"setpts=PTS-STARTPTS,scale={width}:{height}:flags=bicubic,setsar=1",
-        "-fps_mode", "cfr", "-r", f"{rate.numerator}/{rate.denominator}",
+        # The fps filter makes the rate constant by dropping/duplicating to the nearest frame, so the
+        # chunk holds round(duration·rate) frames (``-r`` alone pads the end by up to two frames).
+        "-vf", f"setpts=PTS-STARTPTS,fps={rate.numerator}/{rate.denominator},"
+        f"scale={width}:{height}:flags=bicubic,setsar=1",
+        "-fps_mode", "cfr",
         "-c:v", "libx264", "-preset", settings.preset, "-crf", str(settings.crf), "-pix_fmt", "yuv420p",
         "-force_key_frames", f"expr:if(isnan(prev_forced_t),1,gt({now},{last}))", "-forced-idr", "1",
         "-threads", str(threads),
@@ -144,9 +147,7 @@ def encode_chunks(
         str(out_dir / f"%06d.{ext}"),
     ]  # fmt: skip
     # A session of its own: Ctrl-C reaches avtool, which stops FFmpeg and removes the partial output.
-    proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     if register is not None:
         register(proc)
     stderr_lines: list[str] = []

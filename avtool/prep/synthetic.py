@@ -119,8 +119,7 @@ def plan_script(spec: VideoSpec, objects: list[int], rng: np.random.Generator) -
         feasible = [
             v
             for v, verb in enumerate(VERBS)
-            if 0.1 <= x + verb.direction[0] * travel[0] <= 0.9
-            and 0.15 <= y + verb.direction[1] * travel[1] <= 0.85
+            if 0.1 <= x + verb.direction[0] * travel[0] <= 0.9 and 0.15 <= y + verb.direction[1] * travel[1] <= 0.85
         ]
         verb = int(rng.choice(feasible))
         dx, dy = VERBS[verb].direction
@@ -181,9 +180,7 @@ def render_video(spec: VideoSpec, script: Script) -> None:
             stream.codec_context.thread_count = 1
             for i, centres in enumerate(tracks):
                 cx, cy = camera[i]
-                np.add(
-                    background[cy : cy + spec.height, cx : cx + spec.width], noise[i % len(noise)], out=frame
-                )
+                np.add(background[cy : cy + spec.height, cx : cx + spec.width], noise[i % len(noise)], out=frame)
                 for sprite, (fx, fy) in zip(sprites, centres, strict=True):
                     # Objects live on the table, so the camera's motion moves them too.
                     _paste(frame, sprite, int(fx * spec.width), int(fy * spec.height))

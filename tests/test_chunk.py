@@ -1,0 +1,242 @@
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import pandas as pd
+import pytest
+
+from avtool.errors import AvtoolError
+from avtool.prep.chunk import ChunkConfig, in_shard, plan_chunking, run_chunking
+from avtool.prep.encode import EncodeSettings
+from tests.conftest import make_audio_only, make_video
+
+FAST = EncodeSettings(chunk_len=5, preset="ultrafast", gop=1.0)
+AVTOOL = [sys.executable, "-m", "avtool.cli"]
+
+
+def chunk(src: Path, dst: Path, **kwargs):
+    cfg = ChunkConfig(src=src, dst=dst, encode=kwargs.pop("encode", FAST), workers=kwargs.pop("workers", 2), **kwargs)
+    return run_chunking(plan_chunking(cfg))
+
+
+def keyframe_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [round(float(p.pts * s.time_base), 3) for p in c.demux(s) if p.size and p.is_keyframe]
+
+
+def test_layout_durations_keyframes_and_manifest(small_sample, tmp_path):
+    dst = tmp_path / "chunks"
+    report = chunk(small_sample, dst)
+    assert report.ok and len(report.chunked) == 4
+    ego = sorted((small_sample / "ego4d/v1/full_scale").glob("*.mp4"), key=lambda p: p.stat().st_size)
+    for video in ego:
+        folder = dst / video.relative_to(small_sample)
+        names = sorted(folder.iterdir(), key=lambda p: int(p.stem))
+        duration = 12 if len(names) == 3 else 20
+        assert [p.name for p in names] == [f"{s}.mp4" for s in range(0, duration, 5)]
+    # EK-100's upper-case extension is kept: ROOT/P01/P01_01.MP4/0.MP4
+    assert sorted(p.name for p in (dst / "ek100/P01/P01_01.MP4").iterdir()) == ["0.MP4", "5.MP4"]
+
+    manifest = pd.read_csv(dst / "manifest.csv")
+    assert list(manifest.columns) == [
+        "video", "chunk", "start", "duration", "frames", "fps", "width", "height", "bytes", "bitrate",
+    ]  # fmt: skip
+    assert (
+        len(manifest)
+        == report.chunks
+        == len([p for p in dst.rglob("*") if p.is_file() and p.suffix in (".mp4", ".MP4")])
+    )
+    for row in manifest.itertuples():
+        path = dst / row.chunk
+        assert path.stat().st_size == row.bytes
+        assert min(row.width, row.height) == 288  # 360p sources scaled to a 288 short side
+        with av.open(str(path)) as c:
+            frames = sum(1 for p in c.demux(video=0) if p.size)
+        assert frames == row.frames
+        full = 5 * row.fps
+        is_last = row.start == manifest[manifest.video == row.video].start.max()
+        assert frames <= full + 1 and (is_last or abs(frames - full) <= 1)
+        # A keyframe opens every chunk and recurs every --gop second inside it.
+        assert keyframe_times(path)[: int(row.duration)] == [float(s) for s in range(int(row.duration))]
+    # Per video, the chunks add up to the source duration within a frame per chunk.
+    p01 = manifest[manifest.video == "ek100/P01/P01_01.MP4"]
+    assert p01.fps.iloc[0] == 60 and abs(p01.duration.sum() - 8.0) <= len(p01) / 60
+
+
+def test_rerun_skips_finished_videos_and_other_settings_are_refused(small_sample, tmp_path):
+    dst = tmp_path / "chunks"
+    src = small_sample / "ek100"
+    assert chunk(src, dst).ok
+    before = {p: p.stat().st_mtime_ns for p in dst.rglob("*.MP4")}
+    plan = plan_chunking(ChunkConfig(src=src, dst=dst, encode=FAST))
+    assert plan.jobs == [] and len(plan.done) == 2
+    assert {p: p.stat().st_mtime_ns for p in dst.rglob("*.MP4")} == before
+    with pytest.raises(AvtoolError, match="other settings.*chunk_len"):
+        plan_chunking(ChunkConfig(src=src, dst=dst, encode=EncodeSettings(chunk_len=10, preset="ultrafast")))
+
+
+def test_rotation_metadata_is_honoured(tmp_path):
+    make_video(tmp_path / "src/rotated.mp4", 3, size="320x240", rotation=90)
+    report = chunk(tmp_path / "src", tmp_path / "dst")
+    assert report.ok
+    row = pd.read_csv(tmp_path / "dst/manifest.csv").iloc[0]
+    # Upright: 240 wide, 320 tall; small sources are not upscaled to the 288 short side.
+    assert (row.width, row.height) == (240, 320)
+
+
+def test_upscale_and_fps_options(tmp_path):
+    make_video(tmp_path / "src/small.mp4", 2, fps=25, size="160x120")
+    encode = EncodeSettings(chunk_len=5, preset="ultrafast", upscale=True, fps=10)
+    assert chunk(tmp_path / "src", tmp_path / "dst", encode=encode).ok
+    row = pd.read_csv(tmp_path / "dst/manifest.csv").iloc[0]
+    assert (row.width, row.height, row.fps, row.frames) == (384, 288, 10, 20)
+
+
+def test_bad_inputs_are_listed_while_the_rest_completes(tmp_path):
+    src = tmp_path / "src"
+    make_video(src / "good.mp4", 3)
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "notes.mp4").write_text("not a video at all")
+    make_audio_only(src / "audio_only.mp4")
+    whole = make_video(tmp_path / "whole.mp4", 6)
+    data = whole.read_bytes()
+    (src / "truncated.mp4").write_bytes(data[: len(data) // 2])  # moov atom at the end: unreadable
+    faststart = tmp_path / "faststart.mp4"
+    from avtool.video.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-i", str(whole), "-c", "copy", "-movflags", "+faststart",
+                    str(faststart)], check=True)  # fmt: skip
+    data = faststart.read_bytes()
+    (src / "cut_short.mp4").write_bytes(data[: len(data) // 2])  # header intact, frames missing
+
+    reasons = {
+        "empty.mp4": "empty file",
+        "notes.mp4": "not a readable video",
+        "audio_only.mp4": "no video stream",
+        "truncated.mp4": "not a readable video",
+        "cut_short.mp4": "truncated or corrupt",
+    }
+    report = chunk(src, tmp_path / "dst", encode=EncodeSettings(chunk_len=2, preset="ultrafast"))
+    failures = {f.video: f.reason for f in report.plan.failures + report.failures}
+    assert set(failures) == set(reasons) and report.chunked == ["good.mp4"] and not report.ok
+    for name, reason in reasons.items():
+        assert reason in failures[name] and "\n" not in failures[name]
+
+    # The CLI lists the same failures at the end, without a traceback, and exits non-zero.
+    shutil.rmtree(tmp_path / "dst")
+    result = subprocess.run([*AVTOOL, "chunk", str(src), str(tmp_path / "dst"), "--chunk-len", "2",
+                             "--preset", "ultrafast"], capture_output=True, text=True, env={**os.environ,
+                             "COLUMNS": "250"})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "5 failed video(s)" in result.stderr
+    for name, reason in reasons.items():
+        assert any(name in line and reason in line for line in result.stderr.splitlines()), name
+    assert sorted(p.name for p in (tmp_path / "dst/good.mp4").iterdir()) == ["0.mp4", "2.mp4"]
+    for name in reasons:
+        assert not (tmp_path / "dst" / name).exists()
+    assert not list((tmp_path / "dst").glob(".*.partial"))
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
+    src = tmp_path / "src"
+    for i in range(3):
+        make_video(src / f"v{i}.mp4", 20, size="640x360")
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen([*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium",
+                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _wait_for(lambda: any(dst.glob(".*.partial")) if dst.exists() else False)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "Traceback" not in stderr and "rerun" in stderr
+        assert not list(dst.glob(".*.partial"))
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    finished = [p for p in dst.glob("v*.mp4") if p.is_dir()]
+    assert len(finished) < 3
+    for folder in finished:  # whatever is visible is complete
+        assert sorted(p.name for p in folder.iterdir()) == ["0.mp4", "10.mp4", "15.mp4", "5.mp4"]
+
+    result = subprocess.run([*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium"],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not list(dst.glob(".*.partial"))
+    manifest = pd.read_csv(dst / "manifest.csv")
+    assert sorted(manifest.video.unique()) == ["v0.mp4", "v1.mp4", "v2.mp4"] and len(manifest) == 12
+
+
+def test_plan_writes_nothing_and_predicts(small_sample, tmp_path):
+    dst = tmp_path / "dst"
+    result = subprocess.run([*AVTOOL, "chunk", str(small_sample / "ek100"), str(dst), "--chunk-len", "auto",
+                             "--read-speed", "500", "--batch-size", "1024", "--step-time", "4", "--plan",
+                             "--preset", "ultrafast"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not dst.exists()
+    out = " ".join(result.stdout.split())
+    assert "B·ρ·T ≤ S_r·Δ" in out and "S_r = 500.0 MB/s (--read-speed)" in out and "T_max" in out
+    assert "2 video(s) to chunk" in out
+
+
+def test_auto_chunk_len_follows_eq3(small_sample, tmp_path):
+    # A slow disk (1 MB/s) forces short chunks: T = 8e6·4 / (1024·ρ) with ρ measured.
+    cfg = ChunkConfig(src=small_sample / "ek100", dst=tmp_path / "d", encode=FAST, auto_chunk_len=True,
+                      read_speed=1e6, trial_videos=1)  # fmt: skip
+    plan = plan_chunking(cfg)
+    rho = plan.sizing.bitrate.value
+    assert plan.chunk_len == max(1, int(8e6 * 4 / (1024 * rho) * 0.96))
+    assert plan.config.encode.chunk_len == plan.chunk_len
+
+
+def test_shards_partition_the_inputs_and_share_one_manifest(small_sample, tmp_path):
+    dst = tmp_path / "dst"
+    parts = [plan_chunking(ChunkConfig(src=small_sample, dst=dst, encode=FAST, shard=(i, 3))) for i in range(3)]
+    names = [sorted(j.rel.as_posix() for j in p.jobs) for p in parts]
+    everything = sorted(n for part in names for n in part)
+    assert len(everything) == len(set(everything)) == 4
+    assert all(in_shard(Path(n), (i, 3)) for i, part in enumerate(names) for n in part)
+    for part in parts:
+        run_chunking(part)
+    assert sorted(pd.read_csv(dst / "manifest.csv").video.unique()) == everything
+    with pytest.raises(AvtoolError, match="shard"):
+        ChunkConfig(src=small_sample, dst=dst, shard=(3, 3))
+
+
+def test_full_disk_stops_with_a_clear_reason(tmp_path):
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs permission to mount a small tmpfs")
+    try:
+        src = tmp_path / "src"
+        for i in range(2):
+            make_video(src / f"v{i}.mp4", 12, size="640x360")
+        report = chunk(src, mount / "dst", encode=EncodeSettings(chunk_len=4, preset="ultrafast", crf=10), workers=1)
+        assert not report.ok and report.aborted and "disk full" in report.aborted
+        assert any("disk full" in f.reason for f in report.failures)
+        assert not list((mount / "dst").glob(".*.partial"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_missing_source_is_one_line_error(tmp_path):
+    result = subprocess.run([*AVTOOL, "chunk", str(tmp_path / "nope"), str(tmp_path / "dst")], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no such file or folder" in result.stderr
