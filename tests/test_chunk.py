@@ -157,8 +157,8 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
     for i in range(3):
         make_video(src / f"v{i}.mp4", 20, size="640x360")
     dst = tmp_path / "dst"
-    proc = subprocess.Popen([*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium",
-                             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    args = [*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium", "--workers", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: any(dst.glob(".*.partial")) if dst.exists() else False)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)

@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from avtool.cli import app
+
+runner = CliRunner()
+
+
+def test_every_command_has_help():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("env", "sample", "chunk", "bench"):
+        assert command in result.output
+
+
+def test_chunk_help_explains_every_option_with_its_unit():
+    result = runner.invoke(app, ["chunk", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for option, unit in [
+        ("--chunk-len", "seconds"), ("--crf", "0-51"), ("--fps", "frames/s"), ("--short-side", "pixels"),
+        ("--gop", "seconds"), ("--batch-size", "clips per training step"), ("--step-time", "seconds"),
+        ("--read-speed", "MB/s"), ("--safety", "Fraction"), ("--workers", "parallel"), ("--shard", "i/n"),
+        ("--plan", "write nothing"),
+    ]:  # fmt: skip
+        assert option in text and unit in text, option
+
+
+def test_env_json_reports_versions_and_hardware():
+    result = subprocess.run([sys.executable, "-m", "avtool.cli", "env", "--json"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["cpu_count"] >= 1 and info["ffmpeg_version"].startswith("ffmpeg version")
+    assert set(info["sdpa_backends"]) == {"math", "flash", "efficient", "cudnn"}
+    assert info["av"] and info["decord"] and info["open_clip"]
+
+
+def test_bad_option_value_is_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "avtool.cli", "chunk", str(tmp_path), str(tmp_path / "o"), "--shard", "five"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--shard" in result.stderr
