@@ -217,11 +217,12 @@ def _print_plan(plan) -> None:
             )
     size = plan.predicted_bytes
     console.print(
-        f"[bold]Plan[/]: {len(plan.jobs)} video(s) to chunk ({_hours(plan.seconds)}), {len(plan.done)} already done, "
-        f"{len(plan.failures)} unreadable; {plan.chunk_len}-s chunks: {plan.predicted_chunks} chunks"
-        + (f", about {_size(size)}" if size is not None else ""),
+        f"[bold]Plan[/]: {len(plan.jobs)} video(s) to chunk ({_hours(plan.seconds)}), {len(plan.done)} already done,"
+        f" {len(plan.failures)} unreadable",
         highlight=False,
     )
+    predicted = f"  {plan.chunk_len}-s chunks: {plan.predicted_chunks} chunks"
+    console.print(predicted + (f", about {_size(size)}" if size is not None else ""), highlight=False)
 
 
 def _print_failures(failures) -> None:
