@@ -240,3 +240,14 @@ def test_missing_source_is_one_line_error(tmp_path):
                             text=True)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file or folder" in result.stderr
+
+
+def test_other_containers_become_mp4_chunks_under_their_own_name(tmp_path):
+    make_video(tmp_path / "src/a.mkv", 3)
+    make_video(tmp_path / "src/sub/b.mov", 3, audio=True)
+    report = chunk(tmp_path / "src", tmp_path / "dst", encode=EncodeSettings(chunk_len=2, preset="ultrafast"))
+    assert report.ok, report.failures
+    assert sorted(p.name for p in (tmp_path / "dst/a.mkv").iterdir()) == ["0.mp4", "2.mp4"]
+    assert sorted(p.name for p in (tmp_path / "dst/sub/b.mov").iterdir()) == ["0.mp4", "2.mp4"]
+    with av.open(str(tmp_path / "dst/sub/b.mov/0.mp4")) as c:
+        assert not c.streams.audio  # audio is dropped by default
