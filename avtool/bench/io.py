@@ -134,9 +134,7 @@ def run_io_bench(cfg: IoBenchConfig) -> list[ReadResult]:
     path = Path(cfg.path)
     _check_dir(path)
     results = [measure_sequential_read(path, cfg.file_size_mb * 2**20)]
-    existing = sorted(
-        p for p in path.rglob("*") if p.suffix.lower() in {".mp4", ".mkv", ".webm"} and p.is_file()
-    )
+    existing = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".mp4", ".mkv", ".webm"} and p.is_file())
     if len(existing) >= cfg.chunk_files:
         chosen = random.Random(cfg.seed).sample(existing, cfg.chunk_files)
         results.append(measure_random_chunk_reads(chosen, cfg.threads, cfg.seed))

@@ -1,0 +1,93 @@
+"""Multi-head self-attention with a selectable kernel.
+
+The kernel matters for memory, not for maths: ``math`` is the paper's baseline that materialises the
+N×N attention matrix for backward; every other choice computes the same function without storing it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:  # optional: pip install 'avtool[flash]'
+    from flash_attn import flash_attn_func
+except ImportError:
+    flash_attn_func = None
+
+AttnImpl = Literal["sdpa", "math", "flash", "efficient", "cudnn", "flash-attn"]
+ATTN_IMPLS: tuple[str, ...] = get_args(AttnImpl)
+
+_SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+
+
+def flash_attn_available() -> bool:
+    return flash_attn_func is not None
+
+
+def check_attn_impl(impl: str) -> str | None:
+    """Return a description of what is wrong with ``impl``, or None when it can be used here."""
+    if impl not in ATTN_IMPLS:
+        return f"attn_impl={impl!r} is not one of {', '.join(ATTN_IMPLS)}"
+    if impl == "flash-attn" and not flash_attn_available():
+        return "attn_impl='flash-attn' needs the flash-attn package (pip install 'avtool[flash]')"
+    return None
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, impl: AttnImpl = "sdpa", causal: bool = False
+) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v for q, k, v of shape (B, heads, N, head_dim)."""
+    if impl == "math":
+        # Explicit on purpose: autograd keeps the (B, heads, N, N) probabilities, which is the baseline's
+        # memory cost that Fig. 3 of the paper measures.
+        attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        if causal:
+            n = q.shape[-2]
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
+            attn = attn.masked_fill(mask, float("-inf"))
+        return attn.softmax(dim=-1) @ v
+    if impl == "flash-attn":
+        if flash_attn_func is None:
+            raise ImportError(check_attn_impl(impl))
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            raise TypeError(f"flash-attn needs float16/bfloat16 inputs, not {q.dtype}: use torch.autocast")
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
+        return out.transpose(1, 2)
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    with sdpa_kernel(_SDPA_BACKENDS[impl]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+class Attention(nn.Module):
+    """Self-attention with a fused qkv projection (same parameters as ``nn.MultiheadAttention``)."""
+
+    def __init__(self, dim: int, num_heads: int, impl: AttnImpl = "sdpa", causal: bool = False) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        problem = check_attn_impl(impl)
+        if problem:
+            raise (ImportError if impl == "flash-attn" else ValueError)(problem)
+        self.num_heads = num_heads
+        self.impl = impl
+        self.causal = causal
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        x = attention(q, k, v, self.impl, self.causal)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, impl={self.impl!r}, causal={self.causal}"
