@@ -1,0 +1,3 @@
+from avtool.cli import main
+
+main()
