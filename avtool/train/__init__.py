@@ -1,0 +1,1 @@
+"""Training and evaluation: losses, metrics, the training loops behind `avtool train` and `avtool eval`."""
