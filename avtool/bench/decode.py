@@ -1,0 +1,355 @@
+"""`avtool bench decode`: the CPU side of video loading (paper Fig. 5) and the chunk-length comparison.
+
+Fig. 5 protocol: N chunk files are loaded into memory (so no disk IO is measured), every clip samples
+``frames`` frames over its chunk and is cropped to ``size``; M worker processes, each single-threaded,
+share the N clips. For each backend × mode × access × M the rows hold the latency per video, the
+throughput per process and the overall throughput; PyAV rows also split a video's time into open,
+demux, decode, convert (colour conversion; with crop and scale when fused), resize (crop and resize
+after conversion) and other (Python); decord rows count conversion as decode.
+
+Chunk-length comparison: the same clips read from chunks of two lengths (15 s and 300 s by default)
+cut from the same source videos with ``avtool.prep.chunk``: bytes read from the file and time per
+clip (page cache warm: the bytes show the IO difference; the time shows the extra demuxing and
+decoding of long chunks).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avtool.errors import AvtoolError
+from avtool.video.clips import ChunkedVideo, ChunkIndex, ChunkRead, plan_clip, segment_frame_ids
+from avtool.video.crops import Crop, random_resized_crop
+from avtool.video.decode import ACCESSES, BACKENDS, MODES, DecoderConfig, StageTimes, make_decoder
+
+
+@dataclass(frozen=True)
+class DecodeBenchConfig:
+    root: Path
+    """Chunked video root whose chunk files are decoded (``avtool chunk``'s DST)."""
+    videos: int = 1024
+    """N: chunk files loaded into memory (the paper's toy set: 1,024 15-s clips); fewer distinct
+    files are cycled."""
+    frames: int = 4
+    """Frames sampled per clip (paper: 4)."""
+    size: int = 224
+    """Output crop size."""
+    procs: tuple[int, ...] = ()
+    """Process-pool sizes M; empty means 1, 2, 4, … up to the number of cores."""
+    backends: tuple[str, ...] = ("pyav", "decord")
+    """Decoders to measure: pyav, pyav-nvdec, decord."""
+    modes: tuple[str, ...] = MODES
+    """decode-then-crop and/or fused."""
+    accesses: tuple[str, ...] = ACCESSES
+    """sequential (decode from the chunk start, the reference) and/or seek."""
+    clip_seconds: float | None = None
+    """None: the frames span the whole chunk (paper); else a clip of this length at a random place."""
+    skip_nonref: bool = True
+    """Let seek access skip unrequested non-reference frames (PyAV)."""
+    repeats: int = 1
+    """Passes over the N clips per measurement."""
+    seed: int = 0
+    """Seed of the chunk choice, frame jitter and crops (the same clips for every row)."""
+    sources: Path | None = None
+    """Raw videos for the chunk-length comparison (None skips it)."""
+    chunk_lengths: tuple[int, ...] = (15, 300)
+    """Chunk lengths compared, seconds."""
+    comparison_clips: int = 32
+    """Clips read per chunk length in the comparison."""
+    comparison_clip_seconds: float = 1.0
+    """Length of each comparison clip (Ego4D narration clips last about a second)."""
+    preset: str = "medium"
+    """libx264 preset of the comparison's chunks (other settings: avtool chunk's defaults)."""
+    scratch: Path | None = None
+    """Folder for the comparison's chunks, kept for reruns; None uses a temporary folder."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.videos < 1 or self.frames < 1 or self.size < 1 or self.repeats < 1:
+            problems.append("videos, frames, size and repeats must be positive")
+        if any(m < 1 for m in self.procs):
+            problems.append(f"procs must be positive, got {self.procs}")
+        for name, allowed in (("backends", BACKENDS), ("modes", MODES), ("accesses", ACCESSES)):
+            bad = [v for v in getattr(self, name) if v not in allowed]
+            if bad:
+                problems.append(f"{name} must be among {', '.join(allowed)}, got {', '.join(bad)}")
+        if self.clip_seconds is not None and self.clip_seconds <= 0:
+            problems.append(f"clip_seconds must be positive, got {self.clip_seconds}")
+        if self.sources is not None and (len(self.chunk_lengths) < 2 or min(self.chunk_lengths) < 1):
+            problems.append(f"chunk_lengths needs two or more lengths >= 1 s, got {self.chunk_lengths}")
+        if problems:
+            raise AvtoolError("; ".join(problems))
+
+    @property
+    def pool_sizes(self) -> tuple[int, ...]:
+        if self.procs:
+            return tuple(self.procs)
+        cores = os.cpu_count() or 1
+        sizes = [2**k for k in range(cores.bit_length()) if 2**k <= cores]
+        return tuple(sizes if sizes[-1] == cores else [*sizes, cores])
+
+    @classmethod
+    def tiny(cls, root: Path, sources: Path | None = None, scratch: Path | None = None) -> DecodeBenchConfig:
+        """A few seconds on two cores: for tests and a first look."""
+        return cls(root=root, videos=6, procs=(1, 2), backends=("pyav", "decord"), sources=sources,
+                   chunk_lengths=(2, 10), comparison_clips=3, preset="ultrafast", scratch=scratch)  # fmt: skip
+
+
+@dataclass
+class DecodeBenchResult:
+    rows: list[dict]
+    """One row per backend × mode × access × pool size (Fig. 5)."""
+    chunk_rows: list[dict]
+    """One row per chunk length × access (empty without ``sources``)."""
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One clip of the benchmark: its chunk in memory, frames and crop (the same for every row)."""
+
+    read: ChunkRead
+    crop: Crop
+
+
+def run_decode_bench(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None) -> DecodeBenchResult:
+    """Run every Fig. 5 measurement (and the chunk-length comparison when ``cfg.sources`` is set)."""
+    items = load_items(cfg)
+    rows = []
+    for backend in cfg.backends:
+        for mode in cfg.modes:
+            for access in cfg.accesses:
+                decoder = DecoderConfig(backend=backend, mode=mode, access=access, skip_nonref=cfg.skip_nonref)
+                for procs in cfg.pool_sizes:
+                    row = measure_pool(items, decoder, cfg.size, procs, cfg.repeats)
+                    row.update(frames=cfg.frames, size=cfg.size, clip_seconds=cfg.clip_seconds or "chunk")
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+    chunk_rows = compare_chunk_lengths(cfg, on_row) if cfg.sources is not None else []
+    return DecodeBenchResult(rows, chunk_rows)
+
+
+def load_items(cfg: DecodeBenchConfig) -> list[BenchItem]:
+    """N clips over chunks of ``cfg.root``, their chunk files read into memory, frames and crops drawn."""
+    index = ChunkIndex(cfg.root)
+    keys = index.keys()
+    if not keys:
+        raise AvtoolError(f"{cfg.root}: no chunked videos found (run avtool chunk first)")
+    videos = [v for v in index.get_many(keys).values() if isinstance(v, ChunkedVideo)]
+    if not videos:
+        raise AvtoolError(f"{cfg.root}: none of the {len(keys)} videos could be read")
+    chunks = _full_chunks(videos)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(chunks))[: cfg.videos]
+    chosen = [chunks[i] for i in order]
+    data = {video.paths[i]: video.paths[i].read_bytes() for video, i in chosen}
+    items = []
+    for k in range(cfg.videos):
+        video, i = chosen[k % len(chosen)]
+        frames, fps = video.frames[i], video.fps[i]
+        if cfg.clip_seconds is None:
+            first, end = 0, frames
+        else:
+            length = min(frames, max(1, round(cfg.clip_seconds * fps)))
+            first = int(rng.integers(0, frames - length + 1))
+            end = first + length
+        ids = tuple(segment_frame_ids(first, end, cfg.frames, rng))
+        path = video.paths[i]
+        read = ChunkRead(data[path], ids, fps, video.width, video.height, name=str(path))
+        items.append(BenchItem(read, random_resized_crop(video.width, video.height, rng)))
+    return items
+
+
+def _full_chunks(videos: list[ChunkedVideo]) -> list[tuple[ChunkedVideo, int]]:
+    """Chunks of full length (the last chunk of a video is usually shorter), else every chunk."""
+    longest = max(f / r for v in videos for f, r in zip(v.frames, v.fps, strict=True))
+    full = [(v, i) for v in videos for i in range(len(v.paths)) if v.frames[i] / v.fps[i] >= 0.95 * longest]
+    return full or [(v, i) for v in videos for i in range(len(v.paths))]
+
+
+def measure_pool(items: list[BenchItem], decoder: DecoderConfig, size: int, procs: int, repeats: int = 1) -> dict:
+    """Decode ``items`` with ``procs`` single-threaded worker processes started together; one result row."""
+    # Forked workers share the in-memory chunks without copies; NVDEC needs CUDA, which a process
+    # forked from one that touched CUDA cannot use, so its workers are spawned.
+    fork = "fork" in mp.get_all_start_methods() and decoder.backend != "pyav-nvdec"
+    context = mp.get_context("fork" if fork else "spawn")
+    barrier = context.Barrier(procs)
+    results = context.Queue()
+    shares = [items[r::procs] * repeats for r in range(procs)]
+    workers = [
+        context.Process(target=_worker, args=(share, decoder, size, barrier, results), daemon=True) for share in shares
+    ]
+    for w in workers:
+        w.start()
+    reports = _collect(results, workers)
+    errors = [r["error"] for r in reports if r.get("error")]
+    if errors:
+        raise AvtoolError(f"{decoder.backend} {decoder.mode} {decoder.access}: {errors[0]}")
+    latencies = np.concatenate([r["latencies"] for r in reports])
+    wall = max(r["end"] for r in reports) - min(r["begin"] for r in reports)
+    times = StageTimes()
+    for r in reports:
+        times.add(r["times"])
+    n = len(latencies)
+    row = {
+        "backend": decoder.backend,
+        "mode": decoder.mode,
+        "access": decoder.access,
+        "procs": procs,
+        "videos": n,
+        "latency_ms": round(1e3 * float(latencies.mean()), 3),
+        "latency_p90_ms": round(1e3 * float(np.percentile(latencies, 90)), 3),
+        "throughput_per_proc": round(n / wall / procs, 3),
+        "throughput": round(n / wall, 3),
+        "frames_decoded_per_video": round(times.frames_decoded / n, 1),
+        "device": reports[0]["device"],
+        "skip_nonref": decoder.skip_nonref,
+    }
+    # decord decodes and converts in one call: its rows split only open, decode(+convert) and resize.
+    for stage in ("open", "demux", "decode", "convert", "resize", "other"):
+        row[f"{stage}_ms"] = round(1e3 * getattr(times, stage) / n, 3)
+    return row
+
+
+def _collect(results, workers) -> list[dict]:
+    """One report per worker; a worker that dies without reporting (a crash in a decoder) is an error."""
+    reports = []
+    while len(reports) < len(workers):
+        try:
+            reports.append(results.get(timeout=1.0))
+        except queue.Empty:
+            dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+            if dead:
+                for w in workers:
+                    w.kill()
+                raise AvtoolError(f"a benchmark worker died (exit code {dead[0].exitcode})") from None
+    for w in workers:
+        w.join()
+    return reports
+
+
+def _worker(items: list[BenchItem], config: DecoderConfig, size: int, barrier, results) -> None:
+    """One pool process: warm up, wait for the others, decode its share, report."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        decoder = make_decoder(config)
+        decoder.decode(items[0].read, items[0].crop, size)  # imports, filter-graph code paths: not timed
+        barrier.wait()
+        times = StageTimes()
+        latencies = []
+        begin = time.perf_counter()
+        for item in items:
+            t = time.perf_counter()
+            decoder.decode(item.read, item.crop, size, times)
+            latencies.append(time.perf_counter() - t)
+        end = time.perf_counter()
+        results.put({"latencies": np.array(latencies), "begin": begin, "end": end, "times": times,
+                     "device": decoder.device})  # fmt: skip
+    except Exception as e:  # reported to the parent, which raises it as one line
+        barrier.abort()
+        results.put({"error": str(e) if isinstance(e, AvtoolError) else f"{type(e).__name__}: {e}"})
+
+
+def compare_chunk_lengths(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Chunk ``cfg.sources`` at each length, read the same clips from each, and report bytes and time."""
+    if cfg.scratch is not None:
+        return _compare_in(cfg, Path(cfg.scratch), on_row)
+    with tempfile.TemporaryDirectory(prefix="avtool-chunk-lengths-") as tmp:
+        return _compare_in(cfg, Path(tmp), on_row)
+
+
+def _compare_in(cfg: DecodeBenchConfig, scratch: Path, on_row) -> list[dict]:
+    from avtool.prep.chunk import ChunkConfig, plan_chunking, run_chunking
+    from avtool.prep.encode import EncodeSettings
+
+    indexes = {}
+    for length in cfg.chunk_lengths:
+        dst = scratch / f"chunks-{length}s"
+        encode = EncodeSettings(chunk_len=length, preset=cfg.preset, gop=min(1.0, float(length)))
+        report = run_chunking(plan_chunking(ChunkConfig(src=Path(cfg.sources), dst=dst, encode=encode)))
+        failures = report.failures + report.plan.failures
+        if failures:
+            raise AvtoolError(f"chunking {cfg.sources} at {length} s failed: {failures[0].video}: {failures[0].reason}")
+        indexes[length] = ChunkIndex(dst)
+    reference = indexes[cfg.chunk_lengths[0]]
+    keys = reference.keys()
+    rng = np.random.default_rng([cfg.seed, 1])
+    clips = []
+    for _ in range(cfg.comparison_clips):
+        video = reference.get(keys[int(rng.integers(len(keys)))])
+        start = float(rng.uniform(0, max(0.0, video.duration - cfg.comparison_clip_seconds)))
+        clips.append((video.key, start, start + cfg.comparison_clip_seconds, int(rng.integers(2**31))))
+    rows = []
+    for access in cfg.accesses:
+        decoder = make_decoder(DecoderConfig(backend="pyav", mode="fused", access=access, skip_nonref=cfg.skip_nonref))
+        for length, index in indexes.items():
+            row = _read_clips(index, clips, decoder, cfg)
+            row = {"chunk_len": length, "access": access, "mode": "fused", "backend": "pyav", **row}
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return rows
+
+
+def _read_clips(index: ChunkIndex, clips: list, decoder, cfg: DecodeBenchConfig) -> dict:
+    file_bytes, read_bytes, seconds = 0, 0, 0.0
+    times = StageTimes()
+    reads = 0
+    for key, start, end, seed in clips:
+        video = index.get(key)
+        clip_rng = np.random.default_rng(seed)
+        plan = plan_clip(video, start, end, cfg.frames, clip_rng)
+        crop = random_resized_crop(video.width, video.height, clip_rng)
+        before = _bytes_read()
+        t = time.perf_counter()
+        for read in plan.reads:
+            decoder.decode(read, crop, cfg.size, times)
+        seconds += time.perf_counter() - t
+        after = _bytes_read()
+        if before is not None and after is not None:
+            read_bytes += after - before
+        file_bytes += sum(Path(r.source).stat().st_size for r in plan.reads)
+        reads += len(plan.reads)
+    n = len(clips)
+    return {
+        "clips": n,
+        "chunks_per_clip": round(reads / n, 2),
+        "file_bytes_per_clip": round(file_bytes / n),
+        "bytes_read_per_clip": round(read_bytes / n) if _bytes_read() is not None else None,
+        "ms_per_clip": round(1e3 * seconds / n, 3),
+        "frames_decoded_per_clip": round(times.frames_decoded / n, 1),
+        "cache": "warm",
+    }
+
+
+def _bytes_read() -> int | None:
+    """Bytes this process has read through read() calls so far (Linux), None where unknown."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def write_decode_results(out_dir: Path, result: DecodeBenchResult, cfg: DecodeBenchConfig) -> list[Path]:
+    """``decode.csv/json`` (Fig. 5 rows) and, with a comparison, ``decode-chunk-length.csv/json``."""
+    from avtool.results import write_results
+
+    paths = list(write_results(out_dir, "decode", result.rows, cfg))
+    if result.chunk_rows:
+        paths += write_results(out_dir, "decode-chunk-length", result.chunk_rows, cfg)
+    return paths

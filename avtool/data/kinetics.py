@@ -1,0 +1,78 @@
+"""Kinetics-style list files (VideoMAE): one line ``path num_frames label`` per video, where ``path``
+(relative to the root) is a chunk folder or a plain video file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from avtool.data.base import ClipConfig, ClipDataset, split_key
+from avtool.data.problems import Problems
+from avtool.errors import AvtoolError
+from avtool.video.clips import segment_frame_ids, stride_frame_ids
+
+
+@dataclass(frozen=True)
+class KineticsConfig:
+    list_file: Path
+    """Lines ``path num_frames label`` (the path may contain spaces; the last two fields are integers)."""
+    clips: ClipConfig
+    stride: int | None = None
+    """None: ``num_frames`` segment midpoints over the whole video; k: consecutive frames k apart
+    from a random (training) or centred (evaluation) start, as VideoMAE samples (k=4)."""
+
+
+class KineticsList(ClipDataset):
+    """Item: ``{"video": uint8 (T, S, S, 3), "label": int, "index": int}``."""
+
+    def __init__(self, config: KineticsConfig) -> None:
+        super().__init__(config.clips)
+        self.config = config
+        if config.stride is not None and config.stride < 1:
+            raise AvtoolError(f"stride must be at least 1, got {config.stride}")
+        path = Path(config.list_file)
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            raise AvtoolError(f"{path}: no such list file") from None
+        problems = Problems(str(path))
+        keys, frames, labels = [], [], []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            parts = line.rsplit(maxsplit=2)
+            if len(parts) != 3 or not parts[1].lstrip("-").isdigit() or not parts[2].lstrip("-").isdigit():
+                problems.add(f"line {number}: expected 'path num_frames label', got {line!r:.80}")
+                continue
+            key, count, label = parts[0], int(parts[1]), int(parts[2])
+            if count < 1 or label < 0:
+                problems.add(f"line {number}: num_frames must be positive and label non-negative, got {count}, {label}")
+                continue
+            if key not in self.index:
+                problems.add(f"line {number}: video {key} not found under {config.clips.root}")
+                continue
+            keys.append(key)
+            frames.append(count)
+            labels.append(label)
+        problems.raise_if_any()
+        self._keys = np.array(keys)
+        self._frames = np.array(frames, dtype=np.int64)
+        self._labels = np.array(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = split_key(key)
+        rng = self.rng(epoch, index)
+        video = self.index.get(str(self._keys[index]))
+        # The list's count may be stale (re-encoded videos): never ask for more than the video has.
+        total = min(int(self._frames[index]), video.num_frames)
+        jitter = rng if self.clips.train else None
+        if self.config.stride is None:
+            ids = segment_frame_ids(0, total, self.clips.num_frames, jitter)
+        else:
+            ids = stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
+        return {"video": self.load_frames(video, ids, rng), "label": int(self._labels[index]), "index": index}

@@ -1,0 +1,106 @@
+"""What every decoder backend promises: chunk reads in, uint8 T×S×S×3 crops out, with stage timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal, Protocol
+
+import numpy as np
+
+from avtool.errors import AvtoolError
+from avtool.video.clips import ChunkRead
+from avtool.video.crops import Crop
+
+Mode = Literal["fused", "decode-then-crop"]
+Access = Literal["seek", "sequential"]
+Backend = Literal["pyav", "pyav-nvdec", "decord"]
+MODES: tuple[Mode, ...] = ("decode-then-crop", "fused")
+ACCESSES: tuple[Access, ...] = ("sequential", "seek")
+BACKENDS: tuple[Backend, ...] = ("pyav", "pyav-nvdec", "decord")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    backend: Backend = "pyav"
+    """``pyav`` (CPU), ``pyav-nvdec`` (PyAV on the GPU's NVDEC) or ``decord``."""
+    mode: Mode = "fused"
+    """``fused``: crop and scale before colour conversion, requested frames only (Fused DecodeCrop);
+    ``decode-then-crop``: full RGB frames, then crop and resize with torch (the usual pipeline)."""
+    access: Access = "seek"
+    """``seek``: jump to the keyframe before each requested frame and decode only what it needs;
+    ``sequential``: decode every frame from the chunk start (what the reference loader does)."""
+    threads: int = 1
+    """Decoder threads per process (data-loader workers and the benchmark's pool want 1)."""
+    skip_nonref: bool = True
+    """In seek mode, do not decode non-reference frames that were not requested (PyAV backends,
+    single-threaded decoding); the pixels of the requested frames are unchanged."""
+    fallback: bool = True
+    """``pyav-nvdec`` decodes on the CPU, with a one-line warning, where no NVDEC device opens;
+    False raises instead."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(f"decoder must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.mode not in MODES:
+            problems.append(f"decode mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.access not in ACCESSES:
+            problems.append(f"access must be one of {', '.join(ACCESSES)}, got {self.access!r}")
+        if self.threads < 1:
+            problems.append(f"decoder threads must be at least 1, got {self.threads}")
+        if problems:
+            raise AvtoolError("; ".join(problems))
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over the reads it was passed to."""
+
+    open: float = 0.0
+    """Opening the container and reading its header."""
+    demux: float = 0.0
+    """Reading packets (and seeking)."""
+    decode: float = 0.0
+    """Decompressing packets into YUV frames."""
+    convert: float = 0.0
+    """Colour conversion of the requested frames (with crop and scale in fused mode)."""
+    resize: float = 0.0
+    """Crop and resize after conversion (decode-then-crop mode)."""
+    total: float = 0.0
+    frames_decoded: int = 0
+    reads: int = 0
+
+    @property
+    def other(self) -> float:
+        """Python bookkeeping and everything not in a named stage."""
+        return max(0.0, self.total - self.open - self.demux - self.decode - self.convert - self.resize)
+
+    def add(self, other: StageTimes) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+class Decoder(Protocol):
+    """A backend in one mode and access pattern. Instances hold no open files and can be pickled
+    into data-loader workers."""
+
+    config: DecoderConfig
+
+    @property
+    def device(self) -> str:
+        """Where decoding really runs, e.g. ``cpu`` or ``cpu (NVDEC unavailable: …)``."""
+        ...
+
+    def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> np.ndarray:
+        """uint8 array (len(read.frame_ids), size, size, 3): frame ``read.frame_ids[i]`` cropped to
+        ``crop`` and resized to size×size. Raises AvtoolError naming the chunk on any failure."""
+        ...
+
+
+def check_rate(read: ChunkRead, rate: float) -> None:
+    """Frame ids were computed with ``read.fps``: a chunk of another rate means stale metadata."""
+    if read.fps > 0 and abs(rate - read.fps) > 1e-3 * read.fps:
+        raise AvtoolError(
+            f"{read.label}: the chunk runs at {rate:g} fps but its metadata says {read.fps:g} fps "
+            "(manifest.csv out of date? rerun avtool chunk or delete the manifest)"
+        )

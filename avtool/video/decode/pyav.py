@@ -1,0 +1,292 @@
+"""PyAV decoding of chunk reads on the CPU or on NVDEC, in seek or sequential access.
+
+Seek access jumps to the keyframe before the first requested frame, then walks the packets in
+decode order and feeds the decoder lazily: packets are held back until a requested frame's packet
+appears, so groups of pictures without a requested frame are never decoded (and when the next
+requested frame is more than a second ahead, the demuxer seeks there instead of reading up to it);
+with ``skip_nonref`` the decoder also skips non-reference frames nobody asked for. Only the
+requested frames are converted to RGB. Sequential access decodes every frame from the chunk start,
+as the reference loader does. Either way a frame that cannot be found raises AvtoolError: no
+fallback to another frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from time import perf_counter
+
+import av
+import numpy as np
+from av.codec.hwaccel import HWAccel
+
+from avtool.errors import AvtoolError
+from avtool.video.clips import ChunkRead
+from avtool.video.crops import Crop
+from avtool.video.decode.base import DecoderConfig, StageTimes, check_rate
+from avtool.video.decode.fused import CropScaleGraph
+from avtool.video.decode.resize import crop_resize
+
+
+class _Incomplete(Exception):
+    """The seek path could not deliver every frame (odd timestamps, open GOPs): decode sequentially."""
+
+
+class PyAVDecoder:
+    """``pyav`` and ``pyav-nvdec`` backends (see ``DecoderConfig``)."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        self.config = config
+        self._hw_failure: str | None = None
+        self._hw_keepalive: tuple[HWAccel, HWAccel] | None = None
+
+    @property
+    def device(self) -> str:
+        if self.config.backend != "pyav-nvdec":
+            return "cpu"
+        return f"cpu ({self._hw_failure})" if self._hw_failure else "cuda (NVDEC)"
+
+    def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> np.ndarray:
+        stage = StageTimes(reads=1)
+        begin = perf_counter()
+        wanted = sorted(set(read.frame_ids))
+        frames: dict[int, np.ndarray] = {}
+        try:
+            try:
+                if self.config.access == "seek":
+                    frames = self._run(read, wanted, crop, size, stage, seek=True)
+            except _Incomplete:
+                frames = {}
+            if len(frames) < len(wanted):
+                frames = self._run(read, wanted, crop, size, stage, seek=False)
+        except av.error.FFmpegError as e:
+            raise AvtoolError(f"{read.label}: undecodable chunk ({_reason(e)})") from None
+        missing = [i for i in wanted if i not in frames]
+        if missing:
+            raise AvtoolError(
+                f"{read.label}: frame(s) {', '.join(map(str, missing[:5]))} not found in the chunk "
+                "(metadata says the chunk is longer than it is)"
+            )
+        if self.config.mode == "decode-then-crop":
+            t = perf_counter()
+            resized = crop_resize(np.stack([frames[i] for i in wanted]), crop, size)
+            frames = dict(zip(wanted, resized, strict=True))
+            stage.resize += perf_counter() - t
+        out = np.stack([frames[i] for i in read.frame_ids])
+        stage.total = perf_counter() - begin
+        if times is not None:
+            times.add(stage)
+        return out
+
+    def _run(
+        self, read: ChunkRead, wanted: list[int], crop: Crop, size: int, stage: StageTimes, seek: bool
+    ) -> dict[int, np.ndarray]:
+        t = perf_counter()
+        container = self._open(read)
+        try:
+            stream = container.streams.video[0]
+            context = stream.codec_context
+            context.thread_count = self.config.threads
+            if self.config.threads > 1:
+                context.thread_type = "FRAME"
+            rate = stream.average_rate or stream.guessed_rate
+            check_rate(read, float(rate))
+            scale = float(stream.time_base * rate)
+            start = stream.start_time or 0
+            stage.open += perf_counter() - t
+
+            frames: dict[int, np.ndarray] = {}
+            convert = self._converter(stream, crop, size, stage)
+
+            def emit(index: int, frame: av.VideoFrame) -> None:
+                if frame.is_corrupt:
+                    raise AvtoolError(f"{read.label}: frame {index} is corrupt")
+                frames[index] = convert(frame)
+
+            def index_of(pts: int) -> int:
+                return round((pts - start) * scale)
+
+            if seek:
+
+                def pts_of(index: int) -> int:
+                    return start + round(index / scale)
+
+                jump = max(1, round(float(rate)))  # a second: seeking beats demuxing that far
+                self._seek_decode(container, stream, set(wanted), index_of, pts_of, jump, emit, stage)
+            else:
+                self._sequential_decode(container, stream, set(wanted), index_of, emit, stage)
+            return frames
+        finally:
+            container.close()
+
+    def _converter(self, stream, crop: Crop, size: int, stage: StageTimes) -> Callable[[av.VideoFrame], np.ndarray]:
+        fused = self.config.mode == "fused"
+        graph: CropScaleGraph | None = None
+        checked = False
+
+        def convert(frame: av.VideoFrame) -> np.ndarray:
+            nonlocal graph, checked
+            t = perf_counter()
+            if not checked:
+                crop.check(frame.width, frame.height)
+                checked = True
+            if fused:
+                if graph is None:
+                    graph = CropScaleGraph(frame, stream.time_base, crop, size)
+                array = graph(frame)
+            else:
+                array = frame.to_ndarray(format="rgb24", threads=1)
+            stage.convert += perf_counter() - t
+            return array
+
+        return convert
+
+    def _seek_decode(self, container, stream, wanted: set[int], index_of, pts_of, jump: int, emit, stage) -> None:
+        """Seek before the first requested frame, then walk packets; jump again (seek) when the next
+        requested frame is more than ``jump`` frames ahead, instead of demuxing up to it."""
+        context = stream.codec_context
+        skip = self.config.skip_nonref and self.config.threads == 1
+        remaining = set(wanted)
+        got: set[int] = set()
+        held: list[tuple[av.Packet, int]] = []
+        skipping = False
+
+        def seek_to(index: int):
+            t = perf_counter()
+            if index > 0:
+                container.seek(pts_of(index), stream=stream, backward=True, any_frame=False)
+            stage.demux += perf_counter() - t
+            return container.demux(stream)
+
+        def feed(packet: av.Packet | None, index: int) -> None:
+            nonlocal skipping
+            if skip and (index not in wanted) != skipping:
+                skipping = not skipping
+                context.skip_frame = "NONREF" if skipping else "DEFAULT"
+            t = perf_counter()
+            decoded = context.decode(packet)
+            stage.decode += perf_counter() - t
+            for frame in decoded:
+                stage.frames_decoded += 1
+                i = index_of(frame.pts)
+                if i in wanted and i not in got:
+                    got.add(i)
+                    emit(i, frame)
+
+        packets = seek_to(min(remaining))
+        seen_keyframe = False
+        while remaining:
+            t = perf_counter()
+            packet = next(packets, None)
+            stage.demux += perf_counter() - t
+            if packet is None:
+                break
+            if packet.size == 0:
+                continue
+            if packet.pts is None:
+                raise _Incomplete
+            index = index_of(packet.pts)
+            if packet.is_keyframe:
+                if not seen_keyframe and index > min(remaining):
+                    raise _Incomplete  # the seek landed after the first requested frame
+                seen_keyframe = True
+                held.clear()  # nothing requested since the last keyframe: never decode those packets
+            elif not seen_keyframe:
+                continue
+            held.append((packet, index))
+            if index in remaining:
+                remaining.discard(index)
+                for p, i in held:
+                    feed(p, i)
+                held.clear()
+                if remaining and min(remaining) - index > jump:
+                    feed(None, -1)  # drain before seeking: the decoder may still hold requested frames
+                    packets = seek_to(min(remaining))
+                    seen_keyframe = False
+        feed(None, -1)  # drain the frames the decoder still holds for reordering
+        if got != wanted:
+            raise _Incomplete
+
+    def _sequential_decode(self, container, stream, wanted: set[int], index_of, emit, stage) -> None:
+        context = stream.codec_context
+        got: set[int] = set()
+        count = 0
+        packets = container.demux(stream)
+        while len(got) < len(wanted):
+            t = perf_counter()
+            packet = next(packets, None)
+            stage.demux += perf_counter() - t
+            if packet is not None and packet.size == 0:
+                continue
+            t = perf_counter()
+            decoded = context.decode(packet)
+            stage.decode += perf_counter() - t
+            for frame in decoded:
+                stage.frames_decoded += 1
+                i = index_of(frame.pts) if frame.pts is not None else count
+                count += 1
+                if i in wanted and i not in got:
+                    got.add(i)
+                    emit(i, frame)
+            if packet is None:
+                break
+
+    def _open(self, read: ChunkRead) -> av.container.InputContainer:
+        hwaccel = self._nvdec() if self.config.backend == "pyav-nvdec" else None
+        if hwaccel is None:
+            return _open(read, None)
+        try:
+            return _open(read, hwaccel)
+        except av.error.FFmpegError as e:
+            container = _open(read, None)  # raises for a bad file: then the file was the problem
+            self._fail(f"NVDEC unavailable: {_reason(e)}", container)
+            return container
+
+    def _nvdec(self) -> HWAccel | None:
+        """Settings to open containers on NVDEC, or None once NVDEC proved unusable (CPU fallback).
+
+        FFmpeg creates a device context for every opened container; with ``primary_ctx`` they all
+        share CUDA's primary context, which one kept-alive context holds open, so opening a chunk
+        does not pay for a new CUDA context each time."""
+        if self._hw_failure is not None:
+            return None
+        if self._hw_keepalive is None:
+            settings = HWAccel(device_type="cuda", allow_software_fallback=self.config.fallback,
+                               options={"primary_ctx": "1"})  # fmt: skip
+            try:
+                self._hw_keepalive = (settings, settings.create(av.codec.Codec("h264", "r")))
+            except (av.error.FFmpegError, NotImplementedError) as e:
+                self._fail(f"NVDEC unavailable: {_reason(e)}")
+                return None
+        return self._hw_keepalive[0]
+
+    def _fail(self, reason: str, container: av.container.InputContainer | None = None) -> None:
+        if not self.config.fallback:
+            if container is not None:
+                container.close()
+            raise AvtoolError(f"pyav-nvdec: {reason}; use the pyav decoder on this machine")
+        self._hw_failure = reason
+        warnings.warn(f"pyav-nvdec: {reason}; decoding on the CPU instead", RuntimeWarning, stacklevel=6)
+
+    def __getstate__(self) -> dict:
+        # The CUDA device context belongs to this process: a worker that unpickles the decoder opens its own.
+        return {**self.__dict__, "_hw_keepalive": None}
+
+
+def _open(read: ChunkRead, hwaccel: HWAccel | None) -> av.container.InputContainer:
+    source = io.BytesIO(read.source) if isinstance(read.source, bytes) else str(read.source)
+    try:
+        container = av.open(source, hwaccel=hwaccel) if hwaccel is not None else av.open(source)
+    except FileNotFoundError:
+        raise AvtoolError(f"{read.label}: chunk file missing") from None
+    except av.error.InvalidDataError as e:
+        raise AvtoolError(f"{read.label}: not a readable video ({_reason(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise AvtoolError(f"{read.label}: no video stream")
+    return container
+
+
+def _reason(error: Exception) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
