@@ -8,6 +8,7 @@ import os
 import platform
 import socket
 
+from avtool.errors import AvtoolError
 from avtool.video.ffmpeg import ffmpeg_exe, ffmpeg_version
 
 
@@ -81,6 +82,14 @@ def _sdpa_backends() -> dict[str, bool]:
     }
 
 
+def _ffmpeg() -> dict:
+    # GPU-only benchmarks run where no ffmpeg is installed; the stamp says so instead of failing.
+    try:
+        return {"ffmpeg": ffmpeg_exe(), "ffmpeg_version": ffmpeg_version()}
+    except AvtoolError as e:
+        return {"ffmpeg": None, "ffmpeg_version": f"unavailable ({e})"}
+
+
 def collect_environment() -> dict:
     """A flat description of this machine and avtool's dependencies, JSON-serialisable."""
     import torch
@@ -96,8 +105,7 @@ def collect_environment() -> dict:
         "av": _version("av"),
         "decord": _version("decord"),
         "open_clip": _version("open_clip_torch"),
-        "ffmpeg": ffmpeg_exe(),
-        "ffmpeg_version": ffmpeg_version(),
+        **_ffmpeg(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "gpus": _gpus(),

@@ -99,3 +99,18 @@ def test_nvdec_rows_run_in_spawned_workers_and_report_where_they_decoded(chunked
     row = measure_pool(items, DecoderConfig(backend="pyav-nvdec"), 64, procs=1)
     assert row["videos"] == 2 and row["throughput"] > 0
     assert row["device"] == "cuda (NVDEC)" or row["device"].startswith("cpu (NVDEC unavailable")
+
+
+def test_cli_bench_decode_and_plot_fig5(chunked_sample, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "avtool.cli"]
+    result = subprocess.run([*cmd, "bench", "decode", str(chunked_sample), "--tiny", "--output", str(out)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "videos/s" in result.stdout and (out / "decode.csv").exists() and (out / "decode.json").exists()
+    result = subprocess.run([*cmd, "plot", "fig5", str(out / "decode.csv")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (out / "decode.png").stat().st_size > 10_000

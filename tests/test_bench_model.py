@@ -1,12 +1,25 @@
 """Dual-encoder training benchmark (paper Fig. 4) on tiny towers; the batch search runs on a GPU only."""
 
+import dataclasses
+import gc
 import math
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from avtool.bench.model import ModelBenchConfig, contrastive_loss, largest_batch, run_model_bench
-from avtool.models import DualEncoderConfig
+from avtool.bench.model import (
+    ModelBenchConfig,
+    Trainer,
+    contrastive_loss,
+    dense_peak_tflops,
+    fewest_checkpointed_blocks,
+    largest_batch,
+    run_model_bench,
+    train_step_flops,
+)
+from avtool.models import DualEncoderConfig, VideoTowerConfig
 
 
 def test_rows_for_every_arch_and_variant() -> None:
@@ -63,3 +76,128 @@ def test_search_finds_a_batch_under_a_memory_cap() -> None:
     (row,) = run_model_bench(cfg)
     assert row.batch_size_is_max and row.batch_size >= 1
     assert row.peak_memory_gb <= 4.0
+
+
+def _forward_flops(width: int, layers: int, tokens: int) -> float:
+    """Matmul FLOPs of a pre-norm transformer's forward pass: qkv, proj and the 4× MLP (24·N·D²) plus
+    q·kᵀ and attention·v (4·N²·D), per block."""
+    return layers * (24 * tokens * width**2 + 4 * tokens**2 * width)
+
+
+def test_flops_of_the_vit_b_dual_encoder_match_the_formula() -> None:
+    cfg = DualEncoderConfig()  # ViT-B/16 at 224², 4 frames; CLIP's text tower with 77 tokens
+    video = _forward_flops(768, 12, 1 + 4 * 14 * 14)
+    text = _forward_flops(512, 12, 77)
+    patches = 2 * 4 * 196 * (3 * 16 * 16) * 768
+    # Backward costs twice the forward, except the patch embedding's (no gradient for the input clip).
+    expected = 3 * (video + text) + 2 * patches
+    ckpt = dataclasses.replace(
+        cfg,
+        video=dataclasses.replace(cfg.video, grad_checkpointing=True, grad_checkpointing_blocks=4),
+        text=dataclasses.replace(cfg.text, grad_checkpointing=True),
+    )
+    model, hardware = train_step_flops(ckpt, batch_size=2)
+    assert model / 2 == pytest.approx(expected, rel=0.003)  # ≈ 488 GFLOP per video
+    # Checkpointing repeats the forward of the checkpointed blocks (4 of 12 video blocks, all text blocks),
+    # up to the last tensor backward needs: the MLP's output projection (8·N·D²) is not recomputed.
+    recomputed = _forward_flops(768, 4, 785) - 4 * 8 * 785 * 768**2 + text - 12 * 8 * 77 * 512**2
+    assert (hardware - model) / 2 == pytest.approx(recomputed, rel=0.003)
+
+
+def test_peak_is_found_by_gpu_name() -> None:
+    assert dense_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4  # SXM
+    assert dense_peak_tflops("NVIDIA H100 PCIe") == 756.5
+    assert dense_peak_tflops("NVIDIA H200") == 989.4
+    assert dense_peak_tflops("NVIDIA RTX A5000") == 111.1
+    assert dense_peak_tflops("cpu") is None and dense_peak_tflops("NVIDIA GeForce GT 710") is None
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_optimizer_step_is_the_fused_adamw_kernel() -> None:
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+    video, text = trainer.batch(2)
+    with _CountOps() as seen:
+        trainer.step(video, text)
+    assert trainer.fused_optimizer and "aten._fused_adamw_" in seen.ops
+    assert not any("_foreach_addcdiv" in op for op in seen.ops)  # not the multi-kernel foreach path
+    trainer.close()
+
+
+def test_a_finished_trainer_frees_its_model_without_garbage_collection() -> None:
+    # A reference cycle would keep the model and optimiser state on the GPU into the next measurement.
+    gc.disable()
+    try:
+        trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+        trainer.step(*trainer.batch(2))
+        model = weakref.ref(trainer.model)
+        del trainer
+        assert model() is None
+    finally:
+        gc.enable()
+
+
+def test_the_batch_search_recovers_from_out_of_memory() -> None:
+    # A memory budget of 5 videos, simulated on the CPU: larger batches fail inside the step, as on a GPU.
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+    step = trainer.step
+    tried = []
+
+    def step_within_budget(video: torch.Tensor, text: torch.Tensor) -> None:
+        tried.append(video.shape[0])
+        if video.shape[0] > 5:
+            step(video[:1], text[:1])  # the forward and part of backward ran before memory ran out
+            raise torch.OutOfMemoryError("simulated: batch over the budget")
+        step(video, text)
+
+    trainer.step = step_within_budget
+    assert largest_batch(trainer.fits, upper=64, granularity=1) == 5
+    assert max(tried) == 8 and all(p.grad is None for p in trainer.model.parameters())  # state left clean
+    seconds, peak = trainer.time_steps(5, warmup=0, steps=1)  # and the trainer still trains
+    assert seconds > 0 and peak is None
+
+
+def test_fewest_checkpointed_blocks() -> None:
+    calls = []
+
+    def fits(blocks: int) -> bool:
+        calls.append(blocks)
+        return blocks >= 7
+
+    assert fewest_checkpointed_blocks(fits, layers=12) == 7 and len(calls) <= 5
+    assert fewest_checkpointed_blocks(lambda k: True, layers=12) == 0
+    assert fewest_checkpointed_blocks(lambda k: False, layers=12) is None
+
+
+def test_checkpointing_the_first_k_blocks_costs_their_forward_again() -> None:
+    model = dataclasses.replace(DualEncoderConfig.tiny(), video=VideoTowerConfig.tiny(layers=4))
+    cfg = ModelBenchConfig(
+        model=model, archs=("vit",), variants=("flash-attn", "grad-ckpt"), ckpt_blocks=2, batch_size=2,
+        warmup_steps=0, steps=1, device="cpu", peak_tflops=1.0,
+    )  # fmt: skip
+    flash, ckpt = run_model_bench(cfg)
+    assert (flash.ckpt_blocks, ckpt.ckpt_blocks) == (0, 2) and ckpt.layers == 4
+    assert flash.gflop_per_video == ckpt.gflop_per_video  # model FLOPs do not count recomputation
+    assert flash.hfu == flash.mfu and ckpt.hfu > ckpt.mfu
+    assert ckpt.mfu == pytest.approx(ckpt.tflops / 1.0, rel=0.01)
+
+
+def test_config_problems_are_listed_together() -> None:
+    cfg = ModelBenchConfig(
+        model=DualEncoderConfig.tiny(), variants=("flash-attn",), ckpt_blocks=9, compile=True, device="cpu",
+        flash_impl="warp", peak_tflops=-1, amp_dtype="float8",
+    )  # fmt: skip
+    text = "\n".join(cfg.problems())
+    for expected in ("ckpt_blocks=9", "grad-ckpt variant", "compile needs a fixed batch_size", "'warp'",
+                     "peak_tflops=-1", "'float8'", "batch_size is required"):  # fmt: skip
+        assert expected in text, expected
+    auto = ModelBenchConfig(model=DualEncoderConfig.tiny(), ckpt_blocks="auto", batch_size=2, device="cpu")
+    assert any("needs CUDA" in p for p in auto.problems())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from avtool.models import Attention, VideoTowerConfig, VideoViT, build_video_tower
-from avtool.models.attention import AttnImpl
+from avtool.models.attention import AttnImpl, check_attn_impl
 from avtool.models.blocks import Mlp
 
 Category = Literal["layernorm", "mha", "mlp", "other"]
@@ -185,6 +185,7 @@ class MemoryBenchConfig:
     backward: bool = True
     """Also run backward, for the step's peak memory on CUDA."""
     seed: int = 0
+    """Seed of the weights and the random clips."""
 
     def problems(self) -> list[str]:
         out = [f"unknown variant {v!r}" for v in self.variants if v not in VARIANTS]
@@ -195,6 +196,11 @@ class MemoryBenchConfig:
             out.append(f"device={self.device!r} is not auto, cuda or cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
             out.append("device='cuda' but torch sees no CUDA device")
+        attn_problem = check_attn_impl(self.flash_impl)
+        if attn_problem:
+            out.append(f"flash_impl: {attn_problem}")
+        if self.amp_dtype not in ("float16", "bfloat16", "none"):
+            out.append(f"amp_dtype={self.amp_dtype!r} is not float16, bfloat16 or none")
         return out
 
 
@@ -208,6 +214,7 @@ class MemoryRow:
     grad_checkpointing: bool
     num_frames: int
     image_size: int
+    patch_size: int
     tubelet_size: int
     width: int
     layers: int
@@ -275,6 +282,7 @@ def run_memory_bench(cfg: MemoryBenchConfig) -> list[MemoryRow]:
                 grad_checkpointing=tower_cfg.grad_checkpointing,
                 num_frames=tower_cfg.num_frames,
                 image_size=tower_cfg.image_size,
+                patch_size=tower_cfg.patch_size,
                 tubelet_size=tower_cfg.tubelet_size,
                 width=tower_cfg.width,
                 layers=tower_cfg.layers,

@@ -1,25 +1,32 @@
 """Training throughput and largest batch of the video–text dual encoder (the paper's Fig. 4).
 
 Each (architecture, variant) pair trains the full dual encoder (video tower, text tower, symmetric
-InfoNCE, AdamW, autocast) on synthetic clips and captions kept on the device, so only the model is
-timed. On CUDA the largest batch that fits is found by doubling and then bisecting on out-of-memory
+InfoNCE, fused AdamW, autocast) on synthetic clips and captions kept on the device, so only the model
+is timed. On CUDA the largest batch that fits is found by doubling and then bisecting on out-of-memory
 errors; ``memory_limit_gb`` caps the usable memory to mimic a smaller card (the paper used a 24 GB
 A5000). Timing follows the usual recipe: warm-up steps, synchronise, time N steps, synchronise.
+
+Every row also reports the model FLOPs of a step, counted by ``torch.utils.flop_counter`` on a copy of
+the model on the meta device (shapes only, no arithmetic), and from them the model FLOPs utilisation
+(MFU: FLOPs of forward and backward over step time and the GPU's dense peak) and the hardware FLOPs
+utilisation (HFU: the same with the forward passes that checkpointing repeats counted too).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from avtool.bench.memory import VARIANTS, Variant, variant_tower
 from avtool.models import DualEncoder, DualEncoderConfig
-from avtool.models.attention import AttnImpl
+from avtool.models.attention import AttnImpl, check_attn_impl
 from avtool.models.video import VideoArch
 
 
@@ -34,7 +41,15 @@ class ModelBenchConfig:
     variants: tuple[Variant, ...] = VARIANTS
     """`baseline`, `flash-attn`, `grad-ckpt` (gradient checkpointing applies to both towers)."""
     flash_impl: AttnImpl = "sdpa"
-    """Attention kernel of the `flash-attn` and `grad-ckpt` variants."""
+    """Attention kernel of the `flash-attn` and `grad-ckpt` variants: `sdpa` lets torch pick, `flash`,
+    `efficient`, `cudnn` force that SDPA backend, `flash-attn` uses the flash-attn package."""
+    ckpt_blocks: int | Literal["auto"] | None = None
+    """`grad-ckpt` variant: checkpoint only the first k blocks of the video tower (None: all; `auto`: the
+    fewest that let batch_size fit, CUDA only). Each block left out saves its recomputation and costs its
+    activations; the text tower is always checkpointed in full (its recomputation is ~1% of a step)."""
+    compile: bool = False
+    """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
+    Needs a fixed batch_size: every size the search tried would compile anew."""
     batch_size: int | None = None
     """Fixed batch size; None searches the largest one that fits (CUDA only)."""
     max_batch_size: int = 2048
@@ -42,16 +57,23 @@ class ModelBenchConfig:
     search_granularity: int = 8
     """Stop bisecting once the gap between fitting and failing batch sizes is this small."""
     memory_limit_gb: float | None = None
-    """Use at most this much GPU memory (e.g. 24 to mimic the paper's A5000); None: the whole card."""
+    """Use at most this much GPU memory (e.g. 24 to mimic the paper's A5000); None: the whole card. The cap
+    (``set_per_process_memory_fraction``) bounds what the caching allocator reserves, slack included, so it
+    fits a little less than ``peak_memory_gb`` (allocated memory) suggests."""
     warmup_steps: int = 3
     """Untimed steps before timing (kernel selection, allocator warm-up)."""
     steps: int = 10
     """Timed steps."""
     device: str = "auto"
     """`auto` (CUDA when available), `cuda`, `cpu`."""
-    amp_dtype: Literal["float16", "bfloat16", "none"] = "float16"
-    """Autocast precision on CUDA (the paper used float16); CPU runs in float32."""
+    amp_dtype: Literal["float16", "bfloat16", "none"] = "bfloat16"
+    """Autocast precision on CUDA: bfloat16 needs no loss scaling; the paper used float16 (with a
+    gradient scaler). CPU runs in float32."""
+    peak_tflops: float | None = None
+    """Dense peak of the GPU at amp_dtype, TFLOP/s, for MFU; None looks the GPU's name up in
+    `DENSE_PEAK_TFLOPS` (no MFU for an unknown GPU or the CPU)."""
     seed: int = 0
+    """Seed of the weights and the synthetic batches."""
 
     def resolved_device(self) -> torch.device:
         device = self.device
@@ -75,6 +97,26 @@ class ModelBenchConfig:
             out.append("steps must be at least 1 and warmup_steps at least 0")
         if self.search_granularity < 1:
             out.append("search_granularity must be at least 1")
+        if self.amp_dtype not in ("float16", "bfloat16", "none"):
+            out.append(f"amp_dtype={self.amp_dtype!r} is not float16, bfloat16 or none")
+        attn_problem = check_attn_impl(self.flash_impl)
+        if attn_problem:
+            out.append(f"flash_impl: {attn_problem}")
+        if self.ckpt_blocks is not None:
+            layers = self.model.video.layers
+            if self.ckpt_blocks == "auto":
+                if self.batch_size is None:
+                    out.append("ckpt_blocks='auto' needs a fixed batch_size: it finds the blocks that let it fit")
+                elif self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+                    out.append("ckpt_blocks='auto' needs CUDA: it tries blocks until no out-of-memory error")
+            elif not isinstance(self.ckpt_blocks, int) or not 0 <= self.ckpt_blocks <= layers:
+                out.append(f"ckpt_blocks={self.ckpt_blocks!r} is not 'auto' or in 0..{layers} (the video blocks)")
+            if "grad-ckpt" not in self.variants:
+                out.append("ckpt_blocks applies to the grad-ckpt variant, which is not among the variants")
+        if self.compile and self.batch_size is None:
+            out.append("compile needs a fixed batch_size: each size the search tries would compile again")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            out.append(f"peak_tflops={self.peak_tflops} must be positive")
         return out
 
 
@@ -86,6 +128,13 @@ class ModelBenchRow:
     variant: str
     attn_impl: str
     grad_checkpointing: bool
+    ckpt_blocks: int
+    """Video-tower blocks checkpointed (0 without checkpointing)."""
+    compiled: bool
+    fused_optimizer: bool
+    """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`)."""
+    width: int
+    layers: int
     num_frames: int
     image_size: int
     device: str
@@ -97,10 +146,81 @@ class ModelBenchRow:
     step_seconds: float
     videos_per_second: float
     peak_memory_gb: float | None
-    """CUDA: peak allocated memory during the timed steps."""
+    """CUDA: peak allocated memory during the timed steps (weights and optimiser state included), 1e9 B."""
+    mb_per_video: float | None
+    """CUDA: peak_memory_gb per video in the batch, MB (1e6 B)."""
+    gflop_per_video: float
+    """Model FLOPs of forward and backward per video, GFLOP (recomputation not counted)."""
+    tflops: float
+    """Model FLOPs per second achieved, TFLOP/s."""
+    peak_tflops: float | None
+    """Dense peak the utilisations are relative to, TFLOP/s (None: unknown device)."""
+    mfu: float | None
+    """Model FLOPs utilisation, 0-1."""
+    hfu: float | None
+    """Hardware FLOPs utilisation, 0-1: also counts the forward passes that checkpointing repeats."""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    # Vendor datasheet dense (no 2:4 sparsity) bf16 = fp16 tensor-core peaks; first substring of the CUDA
+    # device name that matches wins, so the PCIe/NVL parts come before the plain "H100" (the SXM part).
+    ("H100 PCIe", 756.5),
+    ("H100 NVL", 835.5),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("L4", 121.0),
+    ("RTX A6000", 154.8),
+    ("RTX A5000", 111.1),
+)
+
+
+def dense_peak_tflops(device_name: str) -> float | None:
+    """Dense bf16/fp16 peak of a GPU from its CUDA name (e.g. 'NVIDIA H100 80GB HBM3'), or None."""
+    for key, tflops in DENSE_PEAK_TFLOPS:
+        if key in device_name:
+            return tflops
+    return None
+
+
+def train_step_flops(cfg: DualEncoderConfig, batch_size: int) -> tuple[int, int]:
+    """(model, hardware) FLOPs of one training step's forward and backward at ``batch_size``.
+
+    Counted on a meta-device copy, so a ViT-B at batch 256 costs a second of CPU and no memory. The
+    attention runs as `math` there: every kernel does the same matmuls, and `math` runs on meta. Model
+    FLOPs leave checkpointing off; hardware FLOPs keep ``cfg``'s checkpointing, whose recomputed forward
+    passes the counter sees in backward (non-reentrant checkpointing stops at the last tensor backward needs,
+    so a block's final matmul is not repeated). The optimiser step is elementwise and not counted.
+    """
+    video_cfg = dataclasses.replace(cfg.video, attn_impl="math")
+    text_cfg = dataclasses.replace(cfg.text, attn_impl="math")
+    # The initialisers need real tensors (linspace(...).tolist()), so build on the CPU, then drop the data.
+    model = DualEncoder(dataclasses.replace(cfg, video=video_cfg, text=text_cfg)).to("meta").train()
+    video, text = _synthetic_batch(cfg, batch_size, torch.device("meta"))
+    counts = []
+    for checkpointing in (False, True):
+        model.video.set_grad_checkpointing(checkpointing and video_cfg.grad_checkpointing,
+                                           video_cfg.grad_checkpointing_blocks)  # fmt: skip
+        model.text.set_grad_checkpointing(checkpointing and text_cfg.grad_checkpointing)
+        with FlopCounterMode(display=False) as counter:
+            out = model(video, text)
+            contrastive_loss(out.video, out.text, out.logit_scale).backward()
+        counts.append(counter.get_total_flops())
+        model.zero_grad(set_to_none=True)
+    return counts[0], counts[1]
+
+
+def _synthetic_batch(cfg: DualEncoderConfig, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random clips and captions made on ``device`` (so no host-to-device copy is timed)."""
+    v, t = cfg.video, cfg.text
+    video = torch.randn(size, 3, v.num_frames, v.image_size, v.image_size, device=device)
+    text = torch.randint(1, t.vocab_size - 1, (size, t.context_length), device=device)
+    text[:, -1] = t.vocab_size - 1  # EOT: the largest id
+    return video, text
 
 
 def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -110,28 +230,57 @@ def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
-class _Trainer:
-    """The model, its optimiser and synthetic batches on one device."""
+def _forward_loss(model: DualEncoder, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    out = model(video, text)
+    return contrastive_loss(out.video, out.text, out.logit_scale)
 
-    def __init__(self, cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+
+class Trainer:
+    """The model, its optimiser and synthetic batches on one device; ``step`` is one timed training step.
+
+    Call ``close`` when done: it frees the GPU memory at once, so the next measurement starts from zero.
+    """
+
+    def __init__(
+        self, cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None, compile: bool = False
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.amp_dtype = amp_dtype
+        self.compiled = compile
         self.model = DualEncoder(cfg).to(device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=device.type == "cuda")
+        # One fused kernel for the whole update (CUDA and CPU) instead of a dozen per parameter tensor.
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        # A module-level function, not a bound method: a trainer that refers to itself through a stored method
+        # is a reference cycle, which keeps its model and optimiser state on the GPU until the next gc run.
+        self.forward_loss = _forward_loss
+        if compile:
+            # Compile forward and loss together so the loss's elementwise ops fuse too; autocast stays
+            # outside, where dynamo reads it as guarded state. Dynamo caches graphs per code object, and
+            # every trainer shares _forward_loss's: reset, or after a few models it silently runs eagerly.
+            torch._dynamo.reset()
+            self.forward_loss = torch.compile(_forward_loss)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        return bool(self.optimizer.defaults.get("fused"))
+
+    def close(self) -> None:
+        """Free the model, the optimiser state and any compiled graphs (which hold the model) now."""
+        del self.model, self.optimizer, self.scaler, self.forward_loss
+        if self.compiled:
+            torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        v, t = self.cfg.video, self.cfg.text
-        video = torch.randn(size, 3, v.num_frames, v.image_size, v.image_size, device=self.device)
-        text = torch.randint(1, t.vocab_size - 1, (size, t.context_length), device=self.device)
-        text[:, -1] = t.vocab_size - 1  # EOT: the largest id
-        return video, text
+        return _synthetic_batch(self.cfg, size, self.device)
 
     def step(self, video: torch.Tensor, text: torch.Tensor) -> None:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.model(video, text)
-            loss = contrastive_loss(out.video, out.text, out.logit_scale)
+            loss = self.forward_loss(self.model, video, text)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -143,7 +292,8 @@ class _Trainer:
             video, text = self.batch(size)
             for _ in range(2):  # the second step also holds the optimiser state
                 self.step(video, text)
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             return True
         except torch.OutOfMemoryError:
             # The failed step may have stopped between the scaler's unscale and update: start it afresh.
@@ -152,7 +302,12 @@ class _Trainer:
         finally:
             video = text = None
             self.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def set_checkpoint_blocks(self, blocks: int) -> None:
+        """Checkpoint the first ``blocks`` blocks of the video tower (the text tower stays as it is)."""
+        self.model.video.set_grad_checkpointing(True, blocks)
 
     def time_steps(self, size: int, warmup: int, steps: int) -> tuple[float, float | None]:
         """Seconds per step, and peak GB on CUDA."""
@@ -191,6 +346,23 @@ def largest_batch(fits, upper: int, granularity: int = 8) -> int:
     return ok
 
 
+def fewest_checkpointed_blocks(fits, layers: int) -> int | None:
+    """The smallest k in 0..layers for which ``fits(k)`` is true (None if not even ``layers`` fits).
+
+    Bisects; assumes that checkpointing more blocks never needs more memory.
+    """
+    if not fits(layers):
+        return None
+    ok, bad = layers, -1
+    while ok - bad > 1:
+        mid = (ok + bad) // 2
+        if fits(mid):
+            ok = mid
+        else:
+            bad = mid
+    return ok
+
+
 def run_model_bench(cfg: ModelBenchConfig) -> list[ModelBenchRow]:
     """Measure every architecture × variant of ``cfg``; one row each."""
     problems = cfg.problems()
@@ -209,39 +381,93 @@ def run_model_bench(cfg: ModelBenchConfig) -> list[ModelBenchRow]:
             torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
-def _measure(
-    cfg: ModelBenchConfig, arch: VideoArch, variant: Variant, device: torch.device, amp_dtype: torch.dtype | None
-) -> ModelBenchRow:
+def variant_model(cfg: ModelBenchConfig, arch: VideoArch, variant: Variant) -> DualEncoderConfig:
+    """The dual encoder measured for one (architecture, variant): the video tower as in Fig. 3/4, the text
+    tower with the same attention kernel and (full) checkpointing."""
     video_cfg = variant_tower(dataclasses.replace(cfg.model.video, arch=arch), variant, cfg.flash_impl)
+    if video_cfg.grad_checkpointing and isinstance(cfg.ckpt_blocks, int):
+        video_cfg = dataclasses.replace(video_cfg, grad_checkpointing_blocks=cfg.ckpt_blocks)
     text_cfg = dataclasses.replace(
         cfg.model.text,
         attn_impl=video_cfg.attn_impl,
         grad_checkpointing=video_cfg.grad_checkpointing,
     )
-    model_cfg = dataclasses.replace(cfg.model, video=video_cfg, text=text_cfg)
+    return dataclasses.replace(cfg.model, video=video_cfg, text=text_cfg)
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits: FLOP rates span ViT-B on a GPU and tiny towers on a CPU."""
+    return float(f"{x:.{digits}g}")
+
+
+def _fit_checkpoint_blocks(
+    cfg: ModelBenchConfig, model_cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None
+) -> DualEncoderConfig:
+    """``model_cfg`` with the fewest checkpointed video blocks that let ``cfg.batch_size`` fit.
+
+    Searched eagerly even when the measurement is compiled (a compiled model would recompile for each k,
+    minutes each). That is conservative: compiled code keeps fewer activations, so it may fit with fewer.
+    """
     torch.manual_seed(cfg.seed)
-    trainer = _Trainer(model_cfg, device, amp_dtype)
+    trainer = Trainer(model_cfg, device, amp_dtype)
+
+    def fits(blocks: int) -> bool:
+        trainer.set_checkpoint_blocks(blocks)
+        return trainer.fits(cfg.batch_size)
+
+    blocks = fewest_checkpointed_blocks(fits, model_cfg.video.layers)
+    trainer.close()  # free the search's model and optimiser state before the measured one is built
+    if blocks is None:
+        raise RuntimeError(f"batch {cfg.batch_size} does not fit even with every block checkpointed")
+    return dataclasses.replace(model_cfg, video=dataclasses.replace(model_cfg.video, grad_checkpointing_blocks=blocks))
+
+
+def _measure(
+    cfg: ModelBenchConfig, arch: VideoArch, variant: Variant, device: torch.device, amp_dtype: torch.dtype | None
+) -> ModelBenchRow:
+    model_cfg = variant_model(cfg, arch, variant)
+    if model_cfg.video.grad_checkpointing and cfg.ckpt_blocks == "auto":
+        model_cfg = _fit_checkpoint_blocks(cfg, model_cfg, device, amp_dtype)
+    video_cfg = model_cfg.video
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(model_cfg, device, amp_dtype, compile=cfg.compile)
     size = cfg.batch_size or largest_batch(trainer.fits, cfg.max_batch_size, cfg.search_granularity)
     if size == 0:
         raise RuntimeError(f"{arch}/{variant}: not even one video fits in memory")
     seconds, peak = trainer.time_steps(size, cfg.warmup_steps, cfg.steps)
+    model_flops, hardware_flops = train_step_flops(model_cfg, size)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak_tflops = cfg.peak_tflops
+    if peak_tflops is None and amp_dtype is not None:  # the table holds 16-bit tensor-core peaks only
+        peak_tflops = dense_peak_tflops(device_name)
+    ckpt_blocks = video_cfg.grad_checkpointing_blocks
+    ckpt_blocks = video_cfg.layers if ckpt_blocks is None else ckpt_blocks
     row = ModelBenchRow(
         arch=arch,
         variant=variant,
         attn_impl=video_cfg.attn_impl,
         grad_checkpointing=video_cfg.grad_checkpointing,
+        ckpt_blocks=ckpt_blocks if video_cfg.grad_checkpointing else 0,
+        compiled=cfg.compile,
+        fused_optimizer=trainer.fused_optimizer,
+        width=video_cfg.width,
+        layers=video_cfg.layers,
         num_frames=video_cfg.num_frames,
         image_size=video_cfg.image_size,
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        device=device_name,
         dtype=str(amp_dtype or torch.float32).removeprefix("torch."),
         memory_limit_gb=cfg.memory_limit_gb,
         batch_size=size,
         batch_size_is_max=cfg.batch_size is None,
-        step_seconds=round(seconds, 4),
+        step_seconds=round(seconds, 6),
         videos_per_second=round(size / seconds, 2),
         peak_memory_gb=None if peak is None else round(peak, 3),
+        mb_per_video=None if peak is None else round(peak * 1e3 / size, 1),
+        gflop_per_video=_significant(model_flops / size / 1e9),
+        tflops=_significant(model_flops / seconds / 1e12),
+        peak_tflops=peak_tflops,
+        mfu=None if peak_tflops is None else _significant(model_flops / seconds / (peak_tflops * 1e12)),
+        hfu=None if peak_tflops is None else _significant(hardware_flops / seconds / (peak_tflops * 1e12)),
     )
-    del trainer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    trainer.close()
     return row

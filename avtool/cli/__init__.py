@@ -19,6 +19,7 @@ from rich.table import Table
 
 from avtool.cli.bench import bench_app
 from avtool.cli.console import console, err_console
+from avtool.cli.plot import plot_app
 from avtool.errors import AvtoolError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(plot_app, name="plot")
 
 
 def main() -> None:

@@ -143,13 +143,15 @@ class Transformer(nn.Module):
     """A stack of blocks with optional activation checkpointing of the first ``checkpoint_blocks``.
 
     Checkpointing the first k rather than the last k: early activations live longest, and the last
-    blocks' activations are consumed first by backward anyway.
+    blocks' activations are consumed first by backward anyway. ``low_precision_residual`` carries the
+    residual stream in the autocast dtype under autocast (no effect without it).
     """
 
-    def __init__(self, blocks: Sequence[nn.Module]) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], low_precision_residual: bool = False) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.checkpoint_blocks = 0
+        self.low_precision_residual = low_precision_residual
 
     def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None) -> None:
         """Checkpoint all blocks, or only the first ``blocks`` of them; ``enable=False`` turns it off."""
@@ -158,6 +160,12 @@ class Transformer(nn.Module):
         self.checkpoint_blocks = (len(self.blocks) if blocks is None else blocks) if enable else 0
 
     def forward(self, x: torch.Tensor, **block_kwargs: int) -> torch.Tensor:
+        device = x.device.type
+        # (Only devices that autocast knows: the FLOP counter runs models on "meta".)
+        if self.low_precision_residual and device in ("cuda", "cpu") and torch.is_autocast_enabled(device):
+            # Autocast leaves the residual stream in float32 (LayerNorm outputs float32, and float32 + bf16
+            # is float32); cast once here and every residual add stays in the autocast dtype.
+            x = x.to(torch.get_autocast_dtype(device))
         for i, block in enumerate(self.blocks):
             if i < self.checkpoint_blocks and torch.is_grad_enabled():
                 x = checkpoint(block, x, use_reentrant=False, **block_kwargs)

@@ -35,6 +35,10 @@ class TextTowerConfig:
     """Attention kernel, as for the video tower (the causal mask is passed to the kernel)."""
     grad_checkpointing: bool = False
     """Recompute block activations in backward instead of storing them."""
+    low_precision_residual: bool = False
+    """Under autocast, carry the residual stream between blocks in the autocast dtype (bf16) instead of
+    float32, as pure-bf16 training does: halves the block inputs that checkpointing keeps and the residual's
+    memory traffic, at the cost of rounding the residual sums. Meant for bfloat16 (float16 may overflow)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -72,7 +76,11 @@ class TextTransformer(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.transformer = Transformer(
-            [Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, causal=True) for _ in range(cfg.layers)]
+            [
+                Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, causal=True)
+                for _ in range(cfg.layers)
+            ],
+            cfg.low_precision_residual,
         )
         self.ln_final = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.output_dim, bias=False) if cfg.output_dim else None

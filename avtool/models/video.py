@@ -54,6 +54,10 @@ class VideoTowerConfig:
     """Stochastic depth rate of the last block, increasing linearly from 0 at the first."""
     patch_dropout: float = 0.0
     """Fraction of patch tokens dropped at random in training (the CLS token is always kept)."""
+    low_precision_residual: bool = False
+    """Under autocast, carry the residual stream between blocks in the autocast dtype (bf16) instead of
+    float32, as pure-bf16 training does: halves the block inputs that checkpointing keeps and the residual's
+    memory traffic, at the cost of rounding the residual sums. Meant for bfloat16 (float16 may overflow)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -147,7 +151,8 @@ class VideoViT(nn.Module):
         self.patch_dropout = TokenDropout(cfg.patch_dropout)
         self.ln_pre = nn.LayerNorm(width)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.layers).tolist()
-        self.transformer = Transformer([self._make_block(cfg, rate) for rate in rates])
+        blocks = [self._make_block(cfg, rate) for rate in rates]
+        self.transformer = Transformer(blocks, cfg.low_precision_residual)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Linear(width, cfg.output_dim, bias=False) if cfg.output_dim else None
 

@@ -26,16 +26,12 @@ def ffmpeg_exe() -> str:
     except (ImportError, RuntimeError):
         found = shutil.which("ffmpeg")
         if found is None:
-            raise AvtoolError(
-                "no ffmpeg binary found: install imageio-ffmpeg or put ffmpeg on PATH"
-            ) from None
+            raise AvtoolError("no ffmpeg binary found: install imageio-ffmpeg or put ffmpeg on PATH") from None
         return found
 
 
 @functools.cache
 def ffmpeg_version() -> str:
     """First line of ``ffmpeg -version``, e.g. ``ffmpeg version n9.0.2 ...``."""
-    out = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, check=False
-    )
+    out = subprocess.run([ffmpeg_exe(), "-hide_banner", "-version"], capture_output=True, text=True, check=False)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"

@@ -1,0 +1,1 @@
+"""Figures drawn from benchmark CSVs with matplotlib's Agg backend (no display needed)."""

@@ -1,0 +1,185 @@
+"""The issue's speed and memory goals for the ViT-B dual encoder on one GPU, measured in one run.
+
+    python benchmarks/gpu_goals.py --out DIR [--suite eager|bf16-residual|compiled ...] [--only NAME ...]
+        [--profile NAME]
+
+Fixed batches, 4 frames at 224², bf16 autocast, data already on the GPU; the suites are described in
+``goal_configs``; ``--only`` keeps the rows of those names. ``--profile NAME`` writes the CUDA kernel
+time of a few steps of that row's configuration, by kernel and by kind, to profile.txt. Rows go to
+DIR/goals.csv and .json (stamped like every benchmark) as each one finishes; a row that fails is logged
+and skipped, and rows that would start after ``--budget-s`` are skipped, so a time limit never loses what
+was measured. ``--tiny`` runs the same on tiny towers on a CPU, to check the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from avtool.bench.model import ModelBenchConfig, Trainer, run_model_bench, variant_model
+from avtool.models import DualEncoderConfig
+from avtool.results import write_results
+
+GOAL_MB_PER_VIDEO = 61.0
+SUITES = ("eager", "bf16-residual", "compiled")
+
+
+def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> list[tuple[str, ModelBenchConfig]]:
+    """(name, config) of each measurement of one suite; names say what differs from the plain eager run.
+
+    `eager`: the math baseline, flash and cuDNN attention at B=small, both with every block checkpointed at
+    B=large, and fast conv1. `bf16-residual`: the residual stream in bf16, and the fewest checkpointed blocks
+    that keep B=large within 61 MB/video. `compiled`: torch.compile on top of the bf16 residual, and the
+    fewest checkpointed blocks that fit B=large in the whole GPU (searched eagerly, so conservative).
+    """
+
+    def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
+        low = suite != "eager"
+        video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low)
+        text = dataclasses.replace(base.model.text, low_precision_residual=low)
+        model = dataclasses.replace(base.model, video=video, text=text)
+        return dataclasses.replace(
+            base, model=model, variants=(variant,), flash_impl=attn, batch_size=batch, compile=suite == "compiled",
+            **extra,
+        )  # fmt: skip
+
+    cap = {"ckpt_blocks": "auto", "memory_limit_gb": large * GOAL_MB_PER_VIDEO / 1e3}
+    tag = {"eager": "", "bf16-residual": " bf16-res", "compiled": " bf16-res+compile"}[suite]
+    configs = {
+        "eager": [
+            (f"B{small} math", make("baseline", "flash", small)),
+            (f"B{small} flash", make("flash-attn", "flash", small)),
+            (f"B{small} cudnn", make("flash-attn", "cudnn", small)),
+            (f"B{large} flash+ckpt", make("grad-ckpt", "flash", large)),
+            (f"B{large} cudnn+ckpt", make("grad-ckpt", "cudnn", large)),
+            (f"B{large} cudnn+ckpt fast-conv1", make("grad-ckpt", "cudnn", large, fast_conv1=True)),
+        ],
+        "bf16-residual": [
+            (f"B{small} flash{tag}", make("flash-attn", "flash", small)),
+            (f"B{small} cudnn{tag}", make("flash-attn", "cudnn", small)),
+            (f"B{large} flash+ckpt{tag}", make("grad-ckpt", "flash", large)),
+            (f"B{large} cudnn+ckpt{tag}", make("grad-ckpt", "cudnn", large)),
+            (f"B{large} cudnn+ckpt auto≤{GOAL_MB_PER_VIDEO:g}MB{tag}", make("grad-ckpt", "cudnn", large, **cap)),
+        ],
+        "compiled": [
+            (f"B{small} math{tag}", make("baseline", "flash", small)),
+            (f"B{small} flash{tag}", make("flash-attn", "flash", small)),
+            (f"B{large} flash+ckpt{tag}", make("grad-ckpt", "flash", large)),
+            (f"B{large} cudnn+ckpt fast-conv1{tag}", make("grad-ckpt", "cudnn", large, fast_conv1=True)),
+            (f"B{large} cudnn+ckpt fast-conv1 auto (whole GPU){tag}",
+             make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_blocks="auto")),
+        ],
+    }[suite]  # fmt: skip
+    if not torch.cuda.is_available():  # the block search needs CUDA out-of-memory errors
+        configs = [(name, cfg) for name, cfg in configs if cfg.ckpt_blocks != "auto"]
+    return configs
+
+
+def profile(cfg: ModelBenchConfig, out: Path, steps: int = 3) -> None:
+    """CUDA kernel time of ``steps`` training steps, by kernel (top 30) and by kind, into out/profile.txt."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    device = cfg.resolved_device()
+    amp = None if cfg.amp_dtype == "none" or device.type == "cpu" else getattr(torch, cfg.amp_dtype)
+    trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, amp, compile=cfg.compile)
+    video, text = trainer.batch(cfg.batch_size)
+    for _ in range(2):
+        trainer.step(video, text)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step(video, text)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    kinds = {"gemm": 0.0, "attention": 0.0, "optimizer": 0.0, "elementwise/norm/other": 0.0}
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    for event in kernels:
+        name = event.key.lower()
+        if any(k in name for k in ("flash", "fmha", "attention", "sdpa")):  # cuDNN's carry "sm90" too
+            kind = "attention"
+        elif any(k in name for k in ("gemm", "nvjet", "xmma", "cutlass", "matmul", "sm90_")):
+            kind = "gemm"
+        elif "adam" in name:
+            kind = "optimizer"
+        else:
+            kind = "elementwise/norm/other"
+        kinds[kind] += event.self_device_time_total / 1e3 / steps
+    total = sum(kinds.values()) or 1.0
+    lines = [
+        f"{cfg.batch_size} videos/step, {cfg.flash_impl}, ckpt {cfg.ckpt_blocks or 'all'}, compile {cfg.compile}, "
+        f"bf16 residual {cfg.model.video.low_precision_residual}; ms of kernel time per step"
+    ]
+    lines += [f"  {kind:24s} {ms:9.1f} ms  {ms / total:6.1%}" for kind, ms in kinds.items()]
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines.append(prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=90))
+    trainer.close()
+    (out / "profile.txt").write_text("\n".join(lines))
+    print("\n".join(lines[:6]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for goals.csv/.json and profile.txt")
+    parser.add_argument("--suite", action="append", choices=SUITES, help="suites to run, in order (default: all)")
+    parser.add_argument("--only", action="append", help="run only the rows of this name (repeatable)")
+    parser.add_argument("--profile", metavar="NAME", help="profile the configuration of the row of this name")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
+    parser.add_argument("--tiny", action="store_true", help="tiny towers on the CPU (checks the script)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    if args.tiny:
+        base = ModelBenchConfig(model=DualEncoderConfig.tiny(), archs=("vit",), device="cpu", warmup_steps=1, steps=2)
+        small, large = 2, 4
+    else:
+        base = ModelBenchConfig(archs=("vit",), warmup_steps=3, steps=10)
+        small, large = 64, 256
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
+
+    rows, done = [], []
+    every = [c for suite in args.suite or SUITES for c in goal_configs(base, suite, small, large)]
+    if args.tiny:  # the CPU has no flash or cuDNN kernels; sdpa picks the CPU's
+        every = [(name, dataclasses.replace(cfg, flash_impl="sdpa")) for name, cfg in every]
+    configs = [(name, cfg) for name, cfg in every if not args.only or name in args.only]
+    for name, cfg in configs:
+        elapsed = time.perf_counter() - start
+        if elapsed > args.budget_s:
+            print(f"skipped {name}: {elapsed:.0f} s spent", flush=True)
+            continue
+        try:
+            (row,) = run_model_bench(cfg)
+        except Exception as e:
+            print(f"FAILED {name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}", flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        rows.append({"name": name, **row.to_dict()})
+        done.append(cfg)
+        write_results(args.out, "goals", rows, {"configs": done})
+        r = row
+        print(
+            f"{name:36s} {r.videos_per_second:8.1f} vid/s  {r.mb_per_video or 0:6.1f} MB/video  "
+            f"ckpt {r.ckpt_blocks:2d}  {r.tflops:6.1f} TFLOP/s  MFU {r.mfu or 0:.1%}  HFU {r.hfu or 0:.1%}  "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+    if args.profile:
+        named = dict(every)
+        if args.profile not in named:
+            raise SystemExit(f"--profile {args.profile!r} names no row of the suites; they are: {', '.join(named)}")
+        try:
+            profile(named[args.profile], args.out)
+        except Exception:
+            traceback.print_exc()
+
+
+if __name__ == "__main__":
+    main()
