@@ -20,7 +20,9 @@ demo: $(BIN)/avtool
 	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len auto --batch-size 1024 --step-time 4 --read-speed 500 --plan
 	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len 15
 	$(BIN)/avtool bench io $(DEMO)/chunks --file-size-mb 256 --chunk-files 20 --output $(DEMO)/results
-	@echo "demo outputs are in $(DEMO)/: sample/, chunks/ (manifest.csv), results/"
+	$(BIN)/avtool bench decode $(DEMO)/chunks --tiny --output $(DEMO)/results
+	$(BIN)/avtool plot fig5 $(DEMO)/results/decode.csv
+	@echo "demo outputs are in $(DEMO)/: sample/, chunks/ (manifest.csv), results/ (io, decode CSV/JSON, decode.png)"
 
 test: $(BIN)/avtool
 	$(BIN)/python -m pytest -q
