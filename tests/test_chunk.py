@@ -140,7 +140,7 @@ def test_bad_inputs_are_listed_while_the_rest_completes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dst/good.mp4").iterdir()) == ["0.mp4", "2.mp4"]
     for name in reasons:
         assert not (tmp_path / "dst" / name).exists()
-    assert not list((tmp_path / "dst").glob(".*.partial"))
+    assert not list((tmp_path / "dst").glob(".*.partial*"))
 
 
 def _wait_for(predicate, timeout: float = 60.0) -> None:
@@ -159,12 +159,12 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
     dst = tmp_path / "dst"
     args = [*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium", "--workers", "1"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: any(dst.glob(".*.partial")) if dst.exists() else False)
+    _wait_for(lambda: any(dst.glob(".*.partial*")) if dst.exists() else False)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "Traceback" not in stderr and "rerun" in stderr
-        assert not list(dst.glob(".*.partial"))
+        assert not list(dst.glob(".*.partial*"))
     else:
         assert proc.returncode == -signal.SIGKILL
     finished = [p for p in dst.glob("v*.mp4") if p.is_dir()]
@@ -175,7 +175,7 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
     result = subprocess.run([*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium"],
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert not list(dst.glob(".*.partial"))
+    assert not list(dst.glob(".*.partial*"))
     manifest = pd.read_csv(dst / "manifest.csv")
     assert sorted(manifest.video.unique()) == ["v0.mp4", "v1.mp4", "v2.mp4"] and len(manifest) == 12
 
@@ -229,7 +229,7 @@ def test_full_disk_stops_with_a_clear_reason(tmp_path):
         report = chunk(src, mount / "dst", encode=EncodeSettings(chunk_len=4, preset="ultrafast", crf=10), workers=1)
         assert not report.ok and report.aborted and "disk full" in report.aborted
         assert any("disk full" in f.reason for f in report.failures)
-        assert not list((mount / "dst").glob(".*.partial"))
+        assert not list((mount / "dst").glob(".*.partial*"))
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         shutil.rmtree(mount, ignore_errors=True)

@@ -7,6 +7,7 @@ skips it, and an interrupted run leaves only partial folders that the next run r
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avtool.atomic import atomic_write_text, partial_name
+from avtool.atomic import atomic_write_text
 from avtool.bench.io import measure_sequential_read
 from avtool.errors import AvtoolError
 from avtool.prep.encode import (
@@ -291,8 +292,11 @@ def run_chunking(
         if stop.is_set():
             raise _Interrupted
         final = dst / job.rel
-        partial = partial_name(final)
-        shutil.rmtree(partial, ignore_errors=True)  # left by a killed run
+        # A folder of this process's own: an FFmpeg orphaned by a killed run may still be writing into
+        # the old one, which is removed here (its writes then fail) rather than reused.
+        partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        for stale in final.parent.glob(f".{glob.escape(final.name)}.partial*"):
+            shutil.rmtree(stale, ignore_errors=True)
         try:
             if final.is_dir():
                 # Renamed by a run killed before it wrote the manifest: verify instead of re-encoding.
