@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from avtool.data.base import ClipConfig, ClipDataset, resolve_video, split_key
+from avtool.data.base import ClipConfig, ClipDataset, read_pickle, resolve_video, split_key
 from avtool.data.problems import Problems
 from avtool.data.strings import StringTable
 from avtool.errors import AvtoolError
@@ -68,13 +67,7 @@ class Ego4DNarrations(ClipDataset):
 
 
 def _load_pickle(path: Path) -> list:
-    try:
-        with open(path, "rb") as f:
-            rows = pickle.load(f)
-    except FileNotFoundError:
-        raise AvtoolError(f"{path}: no such metadata file") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise AvtoolError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    rows = read_pickle(path, "metadata")
     if not isinstance(rows, (list, tuple)):
         raise AvtoolError(f"{path}: expected a list of (video_uid, start, end, narration), got {type(rows).__name__}")
     return list(rows)

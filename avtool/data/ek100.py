@@ -7,7 +7,6 @@ with each chunk's own rate (EK-100 mixes 50 and 60 fps), never from the 60-fps f
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avtool.data.base import ClipConfig, ClipDataset, resolve_video, split_key
+from avtool.data.base import ClipConfig, ClipDataset, read_pickle, resolve_video, split_key
 from avtool.data.problems import Problems
 from avtool.data.strings import StringTable
 from avtool.errors import AvtoolError
@@ -195,13 +194,7 @@ def _class_ids(table: pd.DataFrame, problems: Problems) -> tuple[list[int], list
 
 
 def _load_matrix(path: Path) -> np.ndarray:
-    try:
-        with open(path, "rb") as f:
-            matrix = pickle.load(f)
-    except FileNotFoundError:
-        raise AvtoolError(f"{path}: no such relevancy file") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise AvtoolError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    matrix = read_pickle(path, "relevancy")
     matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise AvtoolError(f"{path}: relevancy must be a clips × sentences matrix, got shape {matrix.shape}")
