@@ -13,13 +13,13 @@ from avtool.atomic import atomic_write_text
 from avtool.env import collect_environment
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -34,8 +34,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tu
     record = {
         "name": name,
         "env": collect_environment(),
-        "config": _jsonable(config),
-        "rows": _jsonable(rows),
+        "config": jsonable(config),
+        "rows": jsonable(rows),
     }
     atomic_write_text(json_path, json.dumps(record, indent=2))
     return csv_path, json_path

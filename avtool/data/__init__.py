@@ -4,12 +4,12 @@ on the GPU (``avtool.video.augment``) and tokenisation in the training code."""
 
 from avtool.data.base import ClipConfig, ClipDataset
 from avtool.data.ego4d import Ego4DConfig, Ego4DNarrations
-from avtool.data.ek100 import EK100CLS, EK100MIR, EK100CLSConfig, EK100MIRConfig, parse_timestamp
+from avtool.data.ek100 import EK100CLS, EK100MIR, EK100CLSConfig, EK100Layout, EK100MIRConfig, parse_timestamp
 from avtool.data.kinetics import KineticsConfig, KineticsList
 from avtool.data.loader import EpochSampler, LoaderConfig, make_loader, set_epoch
 
 __all__ = [
-    "ClipConfig", "ClipDataset", "EK100CLS", "EK100CLSConfig", "EK100MIR", "EK100MIRConfig", "Ego4DConfig",
-    "Ego4DNarrations", "EpochSampler", "KineticsConfig", "KineticsList", "LoaderConfig", "make_loader",
+    "ClipConfig", "ClipDataset", "EK100CLS", "EK100CLSConfig", "EK100Layout", "EK100MIR", "EK100MIRConfig",
+    "Ego4DConfig", "Ego4DNarrations", "EpochSampler", "KineticsConfig", "KineticsList", "LoaderConfig", "make_loader",
     "parse_timestamp", "set_epoch",
 ]  # fmt: skip

@@ -20,6 +20,9 @@ class Ego4DConfig:
     files (``…rephraser…``, ``…narrator…``) the narration is a list of strings."""
     clips: ClipConfig
     """Video root, frames, size, crops, decoder, seed."""
+    extra_metadata: tuple[Path, ...] = ()
+    """More pickles of the same format whose rows are added as samples (LaViLa's LLM-augmented
+    narrator and rephraser files)."""
 
 
 class Ego4DNarrations(ClipDataset):
@@ -29,28 +32,33 @@ class Ego4DNarrations(ClipDataset):
     def __init__(self, config: Ego4DConfig) -> None:
         super().__init__(config.clips)
         self.config = config
-        rows = _load_pickle(Path(config.metadata))
-        problems = Problems(str(config.metadata))
-        uids, starts, ends, texts = [], [], [], []
-        for i, row in enumerate(rows):
-            if not isinstance(row, (tuple, list)) or len(row) < 4:
-                problems.add(f"row {i}: expected (video_uid, start_sec, end_sec, narration), got {row!r:.80}")
-                continue
-            uid, start, end, narration = row[:4]
-            options = [narration] if isinstance(narration, str) else list(narration) if narration is not None else []
-            if not options or not all(isinstance(s, str) for s in options):
-                problems.add(f"row {i}: narration must be a string or a list of strings, got {narration!r:.80}")
-                continue
-            uids.append(str(uid))
-            starts.append(_number(start))
-            ends.append(_number(end))
-            texts.append(options)
+        files = (Path(config.metadata), *map(Path, config.extra_metadata))
+        problems = Problems(", ".join(map(str, files)))
+        uids, starts, ends, texts, names = [], [], [], [], []
+        for path in files:
+            for i, row in enumerate(_load_pickle(path)):
+                name = f"{path.name} row {i}" if len(files) > 1 else f"row {i}"
+                if not isinstance(row, (tuple, list)) or len(row) < 4:
+                    problems.add(f"{name}: expected (video_uid, start_sec, end_sec, narration), got {row!r:.80}")
+                    continue
+                uid, start, end, narration = row[:4]
+                options = (
+                    [narration] if isinstance(narration, str) else list(narration) if narration is not None else []
+                )
+                if not options or not all(isinstance(s, str) for s in options):
+                    problems.add(f"{name}: narration must be a string or a list of strings, got {narration!r:.80}")
+                    continue
+                uids.append(str(uid))
+                starts.append(_number(start))
+                ends.append(_number(end))
+                texts.append(options)
+                names.append(name)
         problems.raise_if_any()
         keys = {uid: resolve_video(self.index, [f"{uid}.mp4", f"{uid}.MP4", uid]) for uid in set(uids)}
         self._keys = np.array([keys[uid] for uid in uids])
         self._starts = np.array(starts, dtype=np.float64)
         self._ends = np.array(ends, dtype=np.float64)
-        self.check_clips(problems, list(self._keys), self._starts, self._ends, lambda i: f"row {i} ({uids[i]})")
+        self.check_clips(problems, list(self._keys), self._starts, self._ends, lambda i: f"{names[i]} ({uids[i]})")
         problems.raise_if_any()
         self._texts = StringTable(texts)
 

@@ -174,9 +174,14 @@ class EK100CLS(_EK100Clips):
     def num_actions(self) -> int:
         return len(self.actions)
 
+    def labels(self, index: int) -> tuple[int, int, int]:
+        """(action, verb, noun) ids of clip ``index``, without loading its video."""
+        action, verb, noun = (int(x) for x in self._labels[index])
+        return action, verb, noun
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = split_key(key)
-        action, verb, noun = (int(x) for x in self._labels[index])
+        action, verb, noun = self.labels(index)
         return {"video": self._clip(index, self.rng(epoch, index)), "action": action, "verb": verb, "noun": noun}
 
 
@@ -199,3 +204,33 @@ def _load_matrix(path: Path) -> np.ndarray:
     if matrix.ndim != 2:
         raise AvtoolError(f"{path}: relevancy must be a clips × sentences matrix, got shape {matrix.shape}")
     return matrix
+
+
+@dataclass(frozen=True)
+class EK100Layout:
+    """Where the EPIC-Kitchens-100 files are, by the official annotation repository's names."""
+
+    root: Path
+    """Chunked EK-100 videos (``ROOT/P01/P01_01.MP4/0.MP4``)."""
+    annotations: Path
+    """The annotations folder: ``EPIC_100_{train,validation}.csv`` and ``retrieval_annotations/``."""
+
+    def cls_csv(self, split: str) -> Path:
+        """``split``: train or validation."""
+        return self.annotations / f"EPIC_100_{split}.csv"
+
+    def mir_files(self, split: str) -> tuple[Path, Path, Path]:
+        """(clips CSV, sentences CSV, relevancy pickle) of MIR ``split`` (train or test)."""
+        folder = self.annotations / "retrieval_annotations"
+        return (
+            folder / f"EPIC_100_retrieval_{split}.csv",
+            folder / f"EPIC_100_retrieval_{split}_sentence.csv",
+            folder / "relevancy" / f"caption_relevancy_EPIC_100_retrieval_{split}.pkl",
+        )
+
+    def mir_config(self, split: str, clips: ClipConfig, threshold: float = 0.1) -> EK100MIRConfig:
+        annotations, sentences, relevancy = self.mir_files(split)
+        return EK100MIRConfig(annotations, sentences, relevancy, clips, threshold)
+
+    def cls_config(self, split: str, clips: ClipConfig) -> EK100CLSConfig:
+        return EK100CLSConfig(self.cls_csv(split), clips, (self.cls_csv("train"), self.cls_csv("validation")))

@@ -8,8 +8,9 @@ from (seed, e, i).
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,11 +54,25 @@ class LoaderConfig:
 
 
 class EpochSampler(DistributedSampler):
-    """DistributedSampler that yields ``(epoch, index)``, so a worker knows the epoch of each sample."""
+    """DistributedSampler that yields ``(epoch, index)``, so a worker knows the epoch of each sample.
+
+    ``set_epoch(epoch, skip=n)`` starts the epoch's order at its n-th sample on this rank: a run resumed
+    in the middle of an epoch sees exactly the samples the interrupted run had not reached, without
+    loading (and decoding) the ones it had."""
+
+    skip: int = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.skip = skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
-        return ((epoch, index) for index in super().__iter__())
+        order = itertools.islice(super().__iter__(), self.skip, None)
+        return ((epoch, index) for index in order)
+
+    def __len__(self) -> int:
+        return max(0, super().__len__() - self.skip)
 
 
 def world() -> tuple[int, int]:
@@ -73,9 +88,14 @@ def _init_worker(worker_id: int) -> None:
 
 
 def make_loader(
-    dataset: Dataset, config: LoaderConfig, rank: int | None = None, world_size: int | None = None
+    dataset: Dataset,
+    config: LoaderConfig,
+    rank: int | None = None,
+    world_size: int | None = None,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` for this rank; ``loader.sampler`` is the EpochSampler."""
+    """A DataLoader over ``dataset`` for this rank; ``loader.sampler`` is the EpochSampler. ``collate_fn``
+    runs in the workers (e.g. tokenisation of the batch's texts)."""
     if rank is None or world_size is None:
         rank, world_size = world()
     sampler = EpochSampler(
@@ -97,13 +117,15 @@ def make_loader(
         prefetch_factor=config.prefetch_factor if workers > 0 else None,
         timeout=config.timeout if workers > 0 else 0,
         worker_init_fn=_init_worker,
+        collate_fn=collate_fn,
         multiprocessing_context=start_method if workers > 0 else None,
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle for ``epoch`` and make the datasets draw that epoch's frames, crops and texts."""
+def set_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
+    """Reshuffle for ``epoch`` and make the datasets draw that epoch's frames, crops and texts; ``skip``
+    starts at this rank's ``skip``-th sample of the epoch (resuming mid-epoch)."""
     sampler = loader.sampler
-    if not isinstance(sampler, DistributedSampler):
+    if not isinstance(sampler, EpochSampler):
         raise AvtoolError("set_epoch needs a loader made by make_loader")
-    sampler.set_epoch(epoch)
+    sampler.set_epoch(epoch, skip)

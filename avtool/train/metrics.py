@@ -94,6 +94,16 @@ def retrieval_metrics(sim: np.ndarray, relevancy: np.ndarray) -> RetrievalMetric
     return RetrievalMetrics(**means, clips=sim.shape[0], sentences=sim.shape[1], skipped_queries=skipped)
 
 
+def chance_retrieval_metrics(relevancy: np.ndarray, trials: int = 100, seed: int = 0) -> RetrievalMetrics:
+    """The metrics of random rankings averaged over ``trials``: the floor a trained model must beat."""
+    rng = np.random.default_rng(seed)
+    runs = [retrieval_metrics(rng.random(relevancy.shape), relevancy) for _ in range(trials)]
+    means = {name: float(np.mean([getattr(r, name) for r in runs])) for name in ("map_v2t", "map_t2v", "ndcg_v2t",
+                                                                                  "ndcg_t2v")}  # fmt: skip
+    return RetrievalMetrics(**means, clips=runs[0].clips, sentences=runs[0].sentences,
+                            skipped_queries=runs[0].skipped_queries)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ClassificationMetrics:
     verb_top1: float

@@ -1,0 +1,188 @@
+"""Build the models the training jobs train, from a small typed config, and rebuild them from checkpoints.
+
+A job names a tower shape by its open_clip model name (``ViT-B-16``, ``ViT-L-14``) or ``tiny`` (CPU tests
+and the CPU demo), starts from open_clip weights (``pretrained``), from an avtool checkpoint (fine-tuning
+from pretraining), or from random initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from avtool.errors import AvtoolError
+from avtool.models import (
+    DualEncoder,
+    DualEncoderConfig,
+    TextTowerConfig,
+    VideoClassifier,
+    VideoTowerConfig,
+    load_state_dict_resized,
+)
+from avtool.models.attention import AttnImpl, check_attn_impl
+
+TINY = "tiny"
+# The CLIP BPE tokenizer's vocabulary: the text tower must embed every id it produces, tiny or not.
+CLIP_VOCAB_SIZE = 49408
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to train and the memory/speed options of §4.1 (defaults: the paper's ViT-B/16)."""
+
+    name: str = "ViT-B-16"
+    """open_clip model name whose tower shapes to use (ViT-B-16, ViT-L-14, ...), or `tiny` for CPU tests."""
+    pretrained: str | None = None
+    """open_clip weights to start from: a tag such as `openai` (open_clip downloads it) or a local file;
+    None starts from random initialisation."""
+    num_frames: int = 4
+    """Frames per clip (pretraining 4, fine-tuning 16); the temporal embedding is interpolated when a
+    checkpoint was trained with another count."""
+    embed_dim: int = 256
+    """Size of the joint video-text embedding (the paper's projection heads are 256-d)."""
+    attn: AttnImpl = "sdpa"
+    """Attention kernel: `sdpa` (torch picks flash / memory-efficient), `flash`, `efficient`, `cudnn`,
+    `math` (the paper's baseline, N×N memory), `flash-attn` (the optional package)."""
+    grad_checkpointing: bool = True
+    """Recompute each block's activations in backward (§4.1): 13× the batch for ~15% more time."""
+    fast_conv1: bool = True
+    """Patch embedding as one matmul on unfolded patches instead of a convolution (same maths)."""
+    drop_path: float = 0.0
+    """Stochastic depth rate of the last video block (fine-tuning uses 0.1)."""
+    patch_dropout: float = 0.0
+    """Fraction of video patch tokens dropped at random in training (0: none)."""
+    freeze_temperature: bool = False
+    """Keep the contrastive temperature fixed at 0.07 (the pretraining recipe's --freeze-temperature)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.num_frames < 1:
+            out.append(f"num_frames={self.num_frames} must be at least 1")
+        if self.embed_dim < 1:
+            out.append(f"embed_dim={self.embed_dim} must be at least 1")
+        attn_problem = check_attn_impl(self.attn)
+        if attn_problem:
+            out.append(attn_problem)
+        return out
+
+
+def _tower_configs(cfg: ModelConfig) -> tuple[VideoTowerConfig, TextTowerConfig]:
+    video = dict(
+        num_frames=cfg.num_frames, output_dim=cfg.embed_dim, attn_impl=cfg.attn,
+        grad_checkpointing=cfg.grad_checkpointing, fast_conv1=cfg.fast_conv1, drop_path_rate=cfg.drop_path,
+        patch_dropout=cfg.patch_dropout,
+    )  # fmt: skip
+    text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing)
+    if cfg.name == TINY:
+        return VideoTowerConfig.tiny(**video), TextTowerConfig.tiny(vocab_size=CLIP_VOCAB_SIZE, **text)
+    from avtool.models.open_clip_weights import text_config_from_open_clip, video_config_from_open_clip
+
+    try:
+        return (
+            video_config_from_open_clip(cfg.name, pretrained=_tag(cfg.pretrained), **video),
+            text_config_from_open_clip(cfg.name, pretrained=_tag(cfg.pretrained), **text),
+        )
+    except (ValueError, NotImplementedError) as e:
+        raise AvtoolError(f"--model {cfg.name}: {e}") from None
+
+
+def _tag(pretrained: str | None) -> str | None:
+    """The open_clip tag of ``pretrained`` (a local file has none)."""
+    return None if pretrained is None or Path(pretrained).exists() else pretrained
+
+
+def dual_encoder_config(cfg: ModelConfig) -> DualEncoderConfig:
+    video, text = _tower_configs(cfg)
+    return DualEncoderConfig(video=video, text=text, freeze_logit_scale=cfg.freeze_temperature)
+
+
+def classifier_tower_config(cfg: ModelConfig) -> VideoTowerConfig:
+    """The video tower of a classifier: no projection, the head reads the width-sized CLS feature."""
+    video, _ = _tower_configs(cfg)
+    return dataclasses.replace(video, output_dim=None)
+
+
+def load_open_clip_into(model: DualEncoder | VideoClassifier, cfg: ModelConfig) -> list[str]:
+    """Load ``cfg.pretrained`` (open_clip weights); returns the parameters left at their initialisation."""
+    from avtool.models.open_clip_weights import create_open_clip_model, load_open_clip_weights
+
+    try:
+        source = create_open_clip_model(cfg.name, pretrained=cfg.pretrained)
+    except Exception as e:  # open_clip raises many types for a bad tag, a missing file or no network
+        raise AvtoolError(f"cannot load open_clip weights {cfg.name}/{cfg.pretrained}: {e}") from None
+    return load_open_clip_weights(model, source)
+
+
+def build_dual_encoder(cfg: ModelConfig) -> DualEncoder:
+    model = DualEncoder(dual_encoder_config(cfg))
+    if cfg.pretrained:
+        load_open_clip_into(model, cfg)
+    return model
+
+
+def build_classifier(cfg: ModelConfig, num_classes: int, dropout: float) -> VideoClassifier:
+    model = VideoClassifier(classifier_tower_config(cfg), num_classes=num_classes, dropout=dropout)
+    if cfg.pretrained:
+        load_open_clip_into(model, cfg)
+    return model
+
+
+def model_config_dict(model: DualEncoder | VideoClassifier) -> dict[str, Any]:
+    """What a checkpoint stores to rebuild ``model`` without the job's config."""
+    if isinstance(model, DualEncoder):
+        return {"kind": "dual_encoder", "config": dataclasses.asdict(model.cfg)}
+    return {
+        "kind": "classifier", "video": dataclasses.asdict(model.cfg), "num_classes": model.head.out_features,
+        "dropout": model.dropout.p,
+    }  # fmt: skip
+
+
+def model_from_config_dict(record: dict[str, Any]) -> DualEncoder | VideoClassifier:
+    if record["kind"] == "dual_encoder":
+        c = dict(record["config"])
+        video, text = VideoTowerConfig(**c.pop("video")), TextTowerConfig(**c.pop("text"))
+        return DualEncoder(DualEncoderConfig(video=video, text=text, **c))
+    return VideoClassifier(VideoTowerConfig(**record["video"]), record["num_classes"], record["dropout"])
+
+
+def with_tower_options(record: dict[str, Any], **video_overrides: Any) -> dict[str, Any]:
+    """A copy of a model record with video-tower fields replaced (e.g. 16 frames and flash attention for
+    evaluating a 4-frame checkpoint)."""
+    record = {**record}
+    if record["kind"] == "dual_encoder":
+        config = dict(record["config"])
+        config["video"] = {**config["video"], **video_overrides}
+        record["config"] = config
+    else:
+        record["video"] = {**record["video"], **video_overrides}
+    return record
+
+
+def load_video_tower_from_checkpoint(model: DualEncoder | VideoClassifier, state_dict: dict[str, torch.Tensor]) -> None:
+    """Initialise ``model`` from a pretraining (dual encoder) state dict, for fine-tuning.
+
+    A dual encoder loads everything (the temporal embedding interpolated to the new frame count); a
+    classifier loads the video tower without its projection (the paper drops the projection head and
+    attaches a new one).
+    """
+    if isinstance(model, DualEncoder):
+        missing, unexpected = load_state_dict_resized(model, state_dict, strict=False)
+    else:
+        video = {k.removeprefix("video."): v for k, v in state_dict.items() if k.startswith("video.")}
+        video = {k: v for k, v in video.items() if not k.startswith("proj.")}
+        missing, unexpected = load_state_dict_resized(model.video, video, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("head.")]:
+        raise AvtoolError(
+            "the pretrained checkpoint does not match the model: "
+            f"missing {', '.join(missing[:5]) or '-'}; unexpected {', '.join(unexpected[:5]) or '-'} "
+            "(was it made with another --model?)"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,139 @@
+"""What a run reports while it trains: a progress bar and one JSON line per log interval.
+
+Each line of ``metrics.jsonl`` averages the steps since the previous line: loss, learning rate, data
+time (seconds per step spent waiting for the loader: the "data-loading overhead" column of the paper's
+Table 4), step time (wall seconds per step, data wait included: its "training speed" column), the
+data-wait fraction, videos/s over all GPUs and per GPU, and the CUDA memory peak of the window.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@dataclass
+class _Window:
+    steps: int = 0
+    data_seconds: float = 0.0
+    loss_sum: torch.Tensor | None = None
+    extra_sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+
+class TrainMonitor:
+    """Collects per-step numbers without synchronising the GPU; reads them back once per interval."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        first_step: int,
+        videos_per_step: int,
+        world_size: int,
+        log_every: int,
+        device: torch.device,
+        console: Console | None = None,
+    ) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.videos_per_step = videos_per_step
+        self.world_size = world_size
+        self.log_every = log_every
+        self.device = device
+        self.window = _Window()
+        self.last: dict[str, Any] = {}
+        self.progress: Progress | None = None
+        if enabled:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=console, transient=False,
+            )  # fmt: skip
+            self.task = self.progress.add_task("train", total=total_steps, completed=first_step, stats="")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def __enter__(self) -> TrainMonitor:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def print(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress is not None:
+            self.progress.console.print(message, highlight=False)
+
+    def step(self, step: int, epoch: int, lr: float, loss: torch.Tensor, data_seconds: float,
+             extra: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:  # fmt: skip
+        """Record a finished optimiser step; every ``log_every`` steps, return and write the averages."""
+        w = self.window
+        w.steps += 1
+        w.data_seconds += data_seconds
+        loss = loss.detach().float()
+        w.loss_sum = loss if w.loss_sum is None else w.loss_sum + loss
+        for name, value in (extra or {}).items():
+            value = value.detach().float()
+            w.extra_sums[name] = value if name not in w.extra_sums else w.extra_sums[name] + value
+        if w.steps < self.log_every:
+            if self.progress is not None:
+                self.progress.advance(self.task)
+            return None
+        return self._flush(step, epoch, lr)
+
+    def _flush(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
+        w = self.window
+        # .item() waits for the GPU, so the wall time below covers the window's kernels too.
+        loss = (w.loss_sum / w.steps).item()
+        extras = {name: (total / w.steps).item() for name, total in w.extra_sums.items()}
+        wall = time.perf_counter() - w.start
+        step_time = wall / w.steps
+        record = {
+            "type": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr,
+            "data_time": w.data_seconds / w.steps, "step_time": step_time,
+            "data_wait_fraction": w.data_seconds / wall if wall > 0 else 0.0,
+            "videos_per_s": self.videos_per_step / step_time,
+            "videos_per_s_per_gpu": self.videos_per_step / step_time / self.world_size,
+            **extras,
+        }  # fmt: skip
+        if self.device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.last = record
+        self.write(record)
+        if self.progress is not None:
+            self.progress.advance(self.task)
+            memory = f" mem {record['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in record else ""
+            self.progress.update(
+                self.task,
+                description=f"epoch {epoch}",
+                stats=f"loss {loss:.4f} lr {lr:.2e} data {record['data_time']:.3f}s step {step_time:.3f}s "
+                f"{record['videos_per_s']:.1f} vid/s{memory}",
+            )
+        self.window = _Window()
+        return record
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to metrics.jsonl (rank 0 only)."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def restart_window(self) -> None:
+        """Start a fresh window, e.g. after an evaluation whose time is not training time."""
+        self.window = _Window()
