@@ -20,6 +20,7 @@ from rich.table import Table
 from avtool.cli.bench import bench_app
 from avtool.cli.console import console, err_console
 from avtool.cli.plot import plot_app
+from avtool.cli.train import eval_app, train_app
 from avtool.errors import AvtoolError
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(plot_app, name="plot")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def main() -> None:

@@ -204,10 +204,13 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
         )
 
     def save(path: Path) -> None:
+        started = time.perf_counter()
         if env.is_main:
             save_checkpoint(path, _checkpoint(model, optimizer, scaler, state, job, config))
+        monitor.exclude(time.perf_counter() - started)
 
     def evaluate() -> dict[str, float] | None:
+        started = time.perf_counter()
         model.eval()
         with torch.no_grad(), torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             metrics = job.evaluate(model, env)
@@ -216,6 +219,7 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
             monitor.write({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
             summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
             monitor.print(f"eval at step {state.step}: {summary}")
+        monitor.exclude(time.perf_counter() - started)
         return metrics
 
     monitor = TrainMonitor(
@@ -262,9 +266,9 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
                     save(out / BEST_CHECKPOINT)
                 if env.is_main:
                     prune_checkpoints(out, run.keep_checkpoints)
-                monitor.restart_window()
             if state.step_in_epoch:
                 save(step_checkpoint_path(out, state.step))
+            monitor.flush(state.step, state.epoch, schedule(max(state.step - 1, 0)))
         except KeyboardInterrupt:
             interrupted = True
             save(step_checkpoint_path(out, state.step))

@@ -79,7 +79,11 @@ def _tower_configs(cfg: ModelConfig) -> tuple[VideoTowerConfig, TextTowerConfig]
     )  # fmt: skip
     text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing)
     if cfg.name == TINY:
-        return VideoTowerConfig.tiny(**video), TextTowerConfig.tiny(vocab_size=CLIP_VOCAB_SIZE, **text)
+        # 4×4 patches per frame: small enough for a CPU, large enough to see the sample's objects move.
+        return (
+            VideoTowerConfig.tiny(image_size=64, width=128, **video),
+            TextTowerConfig.tiny(vocab_size=CLIP_VOCAB_SIZE, width=128, **text),
+        )
     from avtool.models.open_clip_weights import text_config_from_open_clip, video_config_from_open_clip
 
     try:

@@ -26,6 +26,8 @@ class _Window:
     loss_sum: torch.Tensor | None = None
     extra_sums: dict[str, torch.Tensor] = field(default_factory=dict)
     start: float = field(default_factory=time.perf_counter)
+    excluded: float = 0.0
+    """Seconds inside the window that were not training (evaluation, checkpoints)."""
 
 
 class TrainMonitor:
@@ -93,14 +95,17 @@ class TrainMonitor:
             if self.progress is not None:
                 self.progress.advance(self.task)
             return None
-        return self._flush(step, epoch, lr)
+        return self.flush(step, epoch, lr)
 
-    def _flush(self, step: int, epoch: int, lr: float) -> dict[str, Any]:
+    def flush(self, step: int, epoch: int, lr: float) -> dict[str, Any] | None:
+        """Write the averages of the steps since the last line (None if there are none)."""
         w = self.window
+        if w.steps == 0:
+            return None
         # .item() waits for the GPU, so the wall time below covers the window's kernels too.
         loss = (w.loss_sum / w.steps).item()
         extras = {name: (total / w.steps).item() for name, total in w.extra_sums.items()}
-        wall = time.perf_counter() - w.start
+        wall = time.perf_counter() - w.start - w.excluded
         step_time = wall / w.steps
         record = {
             "type": "train", "step": step, "epoch": epoch, "loss": loss, "lr": lr,
@@ -116,7 +121,7 @@ class TrainMonitor:
         self.last = record
         self.write(record)
         if self.progress is not None:
-            self.progress.advance(self.task)
+            self.progress.update(self.task, completed=step)
             memory = f" mem {record['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in record else ""
             self.progress.update(
                 self.task,
@@ -134,6 +139,6 @@ class TrainMonitor:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def restart_window(self) -> None:
-        """Start a fresh window, e.g. after an evaluation whose time is not training time."""
-        self.window = _Window()
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation, a checkpoint) out of the current window's step time."""
+        self.window.excluded += seconds
