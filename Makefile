@@ -22,7 +22,13 @@ demo: $(BIN)/avtool
 	$(BIN)/avtool bench io $(DEMO)/chunks --file-size-mb 256 --chunk-files 20 --output $(DEMO)/results
 	$(BIN)/avtool bench decode $(DEMO)/chunks --tiny --output $(DEMO)/results
 	$(BIN)/avtool plot fig5 $(DEMO)/results/decode.csv
-	@echo "demo outputs are in $(DEMO)/: sample/, chunks/ (manifest.csv), results/ (io, decode CSV/JSON, decode.png)"
+	$(BIN)/avtool train lavila $(DEMO)/chunks/ego4d/v1/full_scale $(DEMO)/sample/ego4d/ego4d_train.pkl \
+		--ek100-root $(DEMO)/chunks/ek100 --ek100-annotations $(DEMO)/sample/ek100/annotations \
+		--model tiny --device cpu --batch-size 16 --workers 2 --epochs 10 --lr 1e-3 --eval-every 5 --eval-at-start \
+		--output $(DEMO)/runs/lavila
+	$(BIN)/avtool eval mir $(DEMO)/runs/lavila/checkpoint_best.pt $(DEMO)/chunks/ek100 $(DEMO)/sample/ek100/annotations \
+		--device cpu --workers 2
+	@echo "demo outputs are in $(DEMO)/: sample/, chunks/ (manifest.csv), results/ (io, decode CSV/JSON, decode.png), runs/lavila (a tiny CPU pretraining run)"
 
 test: $(BIN)/avtool
 	$(BIN)/python -m pytest -q

@@ -86,6 +86,14 @@ def test_sampler_skip_starts_the_epoch_where_a_run_stopped(small_sample, chunked
     order = [key for key in loader.sampler]
     set_epoch(loader, 4, skip=6)
     assert list(loader.sampler) == order[6:] and len(loader) == 2
+    set_epoch(loader, 5)
+    next_order = list(loader.sampler)
+    # One pass over epochs 4 and 5 (the training loop's single iterator), resumed at sample 6 of epoch 4.
+    set_epoch(loader, 4, skip=6, until=6)
+    assert list(loader.sampler) == order[6:] + next_order and len(loader) == 2 + 5
+    loader.sampler.whole = 4  # whole optimiser steps of 2 micro-batches: 8 of the 10 samples per epoch
+    set_epoch(loader, 4, until=6)
+    assert list(loader.sampler) == order[:8] + next_order[:8]
 
 
 def test_mir_positives_come_from_the_relevancy_matrix(small_sample, chunked_sample, tmp_path):

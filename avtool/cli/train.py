@@ -50,7 +50,8 @@ ClipGrad = Annotated[float | None, typer.Option(help="Clip the global gradient n
 Seed = Annotated[int, typer.Option(help="Seed of weights, shuffling, frame jitter, crops and augmentation.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cuda or cpu.")]
 LogEvery = Annotated[int, typer.Option(help="Optimiser steps per metrics.jsonl line.")]
-SaveEvery = Annotated[int, typer.Option(help="Optimiser steps between checkpoints (also one per epoch).")]
+SaveEvery = Annotated[int, typer.Option(help="Optimiser steps between checkpoints.")]
+SaveEveryEpochs = Annotated[int, typer.Option(help="Epochs between end-of-epoch checkpoints (last and best always).")]
 Keep = Annotated[int, typer.Option(help="Step checkpoints kept (the best one is kept apart).")]
 Resume = Annotated[
     str, typer.Option(help="auto: continue from the latest checkpoint in --output; off: refuse to; or a checkpoint.")
@@ -108,10 +109,16 @@ def _ek100(root: Path | None, annotations: Path | None, required: bool) -> EK100
     return EK100Layout(root, annotations)
 
 
-def _run(**fields: Any) -> RunConfig:
+def _run_config(options: dict[str, Any]) -> RunConfig:
+    """The RunConfig of a command from its options of the same names (every job shares them)."""
+    import dataclasses
+
     from avtool.train.config import RunConfig
 
-    return RunConfig(**fields)
+    renamed = {"output": "output_dir", "clip_grad": "clip_grad_norm", "keep": "keep_checkpoints"}
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    values = {renamed.get(name, name): value for name, value in options.items()}
+    return RunConfig(**{name: value for name, value in values.items() if name in fields})
 
 
 def _start(job: str, cfg: Any, nproc_per_node: int, nnodes: int, node_rank: int, rdzv_endpoint: str) -> None:
@@ -199,6 +206,7 @@ def train_lavila(
     device: Device = "auto",
     log_every: LogEvery = 10,
     save_every: SaveEvery = 500,
+    save_every_epochs: SaveEveryEpochs = 1,
     keep: Keep = 2,
     resume: Resume = "auto",
     stop_after: StopAfter = None,
@@ -222,10 +230,7 @@ def train_lavila(
     cfg = LavilaConfig(
         root=root, metadata=metadata, metadata_aux=tuple(metadata_aux or ()),
         ek100=_ek100(ek100_root, ek100_annotations, required=False),
-        run=_run(output_dir=output, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, workers=workers,
-                 precision=precision, clip_grad_norm=clip_grad, seed=seed, device=device, log_every=log_every,
-                 save_every=save_every, keep_checkpoints=keep, resume=resume, stop_after=stop_after,
-                 eval_every=eval_every, eval_at_start=eval_at_start, compile=compile),
+        run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, 0.0, patch_dropout,
                      freeze_temperature),
         optim=OptimConfig(lr=lr, fixed_lr=fixed_lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
@@ -269,6 +274,7 @@ def train_mir(
     device: Device = "auto",
     log_every: LogEvery = 10,
     save_every: SaveEvery = 500,
+    save_every_epochs: SaveEveryEpochs = 1,
     keep: Keep = 2,
     resume: Resume = "auto",
     stop_after: StopAfter = None,
@@ -290,10 +296,7 @@ def train_mir(
 
     cfg = MIRConfig(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
-        run=_run(output_dir=output, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, workers=workers,
-                 precision=precision, clip_grad_norm=clip_grad, seed=seed, device=device, log_every=log_every,
-                 save_every=save_every, keep_checkpoints=keep, resume=resume, stop_after=stop_after,
-                 eval_every=eval_every, eval_at_start=eval_at_start, compile=compile),
+        run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout,
                      False),
         optim=OptimConfig(lr=lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
@@ -341,6 +344,7 @@ def train_cls(
     device: Device = "auto",
     log_every: LogEvery = 10,
     save_every: SaveEvery = 500,
+    save_every_epochs: SaveEveryEpochs = 1,
     keep: Keep = 2,
     resume: Resume = "auto",
     stop_after: StopAfter = None,
@@ -363,10 +367,7 @@ def train_cls(
 
     cfg = CLSConfig(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
-        run=_run(output_dir=output, epochs=epochs, batch_size=batch_size, accum_steps=accum_steps, workers=workers,
-                 precision=precision, clip_grad_norm=clip_grad, seed=seed, device=device, log_every=log_every,
-                 save_every=save_every, keep_checkpoints=keep, resume=resume, stop_after=stop_after,
-                 eval_every=eval_every, eval_at_start=eval_at_start, compile=compile),
+        run=_run_config(locals()),
         model=_model(model, pretrained, frames, 256, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout, False),
         optim=OptimConfig(optimizer="sgd", lr=lr, lr_batch_scale=128, warmup_epochs=warmup_epochs,
                           lr_start=lr_start, lr_end=lr_end, weight_decay=weight_decay, momentum=momentum),

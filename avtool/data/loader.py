@@ -58,21 +58,37 @@ class EpochSampler(DistributedSampler):
 
     ``set_epoch(epoch, skip=n)`` starts the epoch's order at its n-th sample on this rank: a run resumed
     in the middle of an epoch sees exactly the samples the interrupted run had not reached, without
-    loading (and decoding) the ones it had."""
+    loading (and decoding) the ones it had. ``set_epoch(epoch, until=last)`` makes one pass run on
+    through epoch ``last - 1``: a training loop that iterates the loader once for the whole run keeps its
+    workers' prefetch going across epoch boundaries instead of waiting, at every epoch start, for each
+    worker's first whole batch (the reference's "multi-epochs loader"). With ``whole=B`` every epoch
+    yields a multiple of B samples, so that batches never straddle two epochs."""
 
     skip: int = 0
+    until: int | None = None
+    whole: int = 1
 
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+    def set_epoch(self, epoch: int, skip: int = 0, until: int | None = None) -> None:
         super().set_epoch(epoch)
         self.skip = skip
+        self.until = until
+
+    def _per_epoch(self) -> int:
+        return super().__len__() // self.whole * self.whole
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        order = itertools.islice(super().__iter__(), self.skip, None)
-        return ((epoch, index) for index in order)
+        first, skip = self.epoch, self.skip
+        for epoch in range(first, max(first + 1, self.until or 0)):
+            # DistributedSampler shuffles with seed + self.epoch.
+            self.epoch = epoch
+            order = itertools.islice(super().__iter__(), skip, self._per_epoch())
+            yield from ((epoch, index) for index in order)
+            skip = 0
+        self.epoch = first
 
     def __len__(self) -> int:
-        return max(0, super().__len__() - self.skip)
+        epochs = max(1, (self.until or 0) - self.epoch)
+        return max(0, epochs * self._per_epoch() - self.skip)
 
 
 def world() -> tuple[int, int]:
@@ -102,6 +118,8 @@ def make_loader(
         dataset, num_replicas=world_size, rank=rank, shuffle=config.shuffle, seed=config.seed,
         drop_last=config.drop_last,
     )  # fmt: skip
+    if config.drop_last:
+        sampler.whole = config.batch_size
     workers = config.workers
     start_method = config.start_method
     if start_method is None and isinstance(dataset, ClipDataset) and dataset.clips.decoder.backend == "pyav-nvdec":
@@ -122,10 +140,11 @@ def make_loader(
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int, skip: int = 0) -> None:
+def set_epoch(loader: DataLoader, epoch: int, skip: int = 0, until: int | None = None) -> None:
     """Reshuffle for ``epoch`` and make the datasets draw that epoch's frames, crops and texts; ``skip``
-    starts at this rank's ``skip``-th sample of the epoch (resuming mid-epoch)."""
+    starts at this rank's ``skip``-th sample of the epoch (resuming mid-epoch); ``until`` runs one pass
+    on through epoch ``until - 1`` (see EpochSampler)."""
     sampler = loader.sampler
     if not isinstance(sampler, EpochSampler):
         raise AvtoolError("set_epoch needs a loader made by make_loader")
-    sampler.set_epoch(epoch, skip)
+    sampler.set_epoch(epoch, skip, until)

@@ -42,6 +42,8 @@ class RunConfig:
     """Optimiser steps per line of metrics.jsonl (and progress-bar refresh of the averages)."""
     save_every: int = 500
     """Optimiser steps between step checkpoints (a checkpoint is also written after every epoch)."""
+    save_every_epochs: int = 1
+    """Epochs between end-of-epoch checkpoints (the last epoch and a new best are always saved)."""
     keep_checkpoints: int = 2
     """Step checkpoints kept on disk (the best and the last epoch have their own files)."""
     resume: str = "auto"
@@ -61,7 +63,8 @@ class RunConfig:
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "keep_checkpoints"):
+        for name in ("epochs", "batch_size", "accum_steps", "log_every", "save_every", "save_every_epochs",
+                     "keep_checkpoints"):  # fmt: skip
             if getattr(self, name) < 1:
                 out.append(f"{name}={getattr(self, name)} must be at least 1")
         if self.workers < 0:

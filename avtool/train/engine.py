@@ -158,6 +158,8 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
         LoaderConfig(batch_size=run.batch_size, workers=run.workers, timeout=run.loader_timeout, seed=run.seed),
         env.rank, env.world_size, collate_fn=job.collate(),
     )  # fmt: skip
+    # Every epoch holds whole optimiser steps, so that steps never straddle two epochs of the one pass.
+    loader.sampler.whole = run.batch_size * run.accum_steps
     steps_per_epoch = len(loader) // run.accum_steps
     global_batch = run.batch_size * env.world_size * run.accum_steps
     if steps_per_epoch == 0:
@@ -235,9 +237,14 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
         try:
             if run.eval_at_start and state.step == 0:
                 last_eval = evaluate()
-            while state.epoch < run.epochs and state.step < stop_at:
-                set_epoch(loader, state.epoch, skip=state.step_in_epoch * run.accum_steps * run.batch_size)
+            if state.epoch < run.epochs and state.step < stop_at:
+                # One pass over all remaining epochs: the workers' prefetch runs on across epoch boundaries.
+                skip = state.step_in_epoch * run.accum_steps * run.batch_size
+                set_epoch(loader, state.epoch, skip=skip, until=run.epochs)
                 batches = iter(loader)
+            else:
+                monitor.print(f"nothing to do: the run in {out} is at step {state.step} of {stop_at}")
+            while state.epoch < run.epochs and state.step < stop_at:
                 while state.step_in_epoch < steps_per_epoch and state.step < stop_at:
                     lr = schedule(state.step)
                     set_lr(optimizer, lr)
@@ -252,7 +259,6 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
                         save(step_checkpoint_path(out, state.step))
                         if env.is_main:
                             prune_checkpoints(out, run.keep_checkpoints)
-                del batches
                 if state.step_in_epoch < steps_per_epoch:  # stopped by --stop-after inside the epoch
                     break
                 state.epoch += 1
@@ -261,7 +267,8 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
                 better = _is_better(job, last_eval, state.best)
                 if better:
                     state.best = last_eval[job.best_metric]
-                save(step_checkpoint_path(out, state.step))
+                if better or state.epoch == run.epochs or state.epoch % run.save_every_epochs == 0:
+                    save(step_checkpoint_path(out, state.step))
                 if better:
                     save(out / BEST_CHECKPOINT)
                 if env.is_main:

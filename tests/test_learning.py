@@ -1,0 +1,103 @@
+"""Proof that the training jobs learn: tiny models trained on the CPU on the built-in sample (rendered
+with longer EK-100 videos so that the held-out splits hold ~50 clips) must beat the trivial baselines on
+held-out clips. Real decoding, real models, a few hundred steps each."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from avtool.data import EK100Layout
+from avtool.prep.chunk import ChunkConfig, plan_chunking, run_chunking
+from avtool.prep.encode import EncodeSettings
+from avtool.prep.sample import SampleConfig, make_sample
+from avtool.train import cls, lavila
+from avtool.train.config import OptimConfig, RunConfig
+from avtool.train.evaluate import majority_class_accuracy
+from avtool.train.metrics import chance_retrieval_metrics
+from avtool.train.mixup import MixupConfig
+from avtool.train.model_factory import ModelConfig
+
+TINY = ModelConfig(name="tiny", num_frames=4, grad_checkpointing=False, fast_conv1=False)
+STEPS = 300
+
+
+@pytest.fixture(scope="module")
+def learning_data(tmp_path_factory) -> tuple[Path, Path]:
+    """The default sample with 150-s EK-100 videos, cut into 15-s chunks at 144p (cheap to decode)."""
+    sample = tmp_path_factory.mktemp("learning_sample")
+    make_sample(SampleConfig(dest=sample, seed=0, ek100_videos=(("P01_01", 60, 150.0), ("P01_02", 50, 150.0),
+                                                                 ("P02_01", 30, 150.0))))  # fmt: skip
+    chunks = tmp_path_factory.mktemp("learning_chunks")
+    encode = EncodeSettings(chunk_len=15, short_side=144, preset="veryfast")
+    report = run_chunking(plan_chunking(ChunkConfig(src=sample, dst=chunks, encode=encode, workers=2)))
+    assert report.ok, report.failures
+    return sample, chunks
+
+
+def test_pretraining_raises_zero_shot_retrieval_above_chance(learning_data, tmp_path):
+    sample, chunks = learning_data
+    cfg = lavila.LavilaConfig(
+        root=chunks / "ego4d" / "v1" / "full_scale",
+        metadata=sample / "ego4d" / "ego4d_train.pkl",
+        metadata_aux=(sample / "ego4d" / "ego4d_train.rephraser.pkl",),
+        ek100=EK100Layout(chunks / "ek100", sample / "ek100" / "annotations"),
+        run=RunConfig(
+            output_dir=tmp_path,
+            epochs=1,
+            batch_size=32,
+            workers=2,
+            eval_every=0,
+            eval_at_start=True,
+            save_every=10_000,
+            save_every_epochs=10_000,
+            log_every=25,
+        ),  # fmt: skip
+        model=TINY,
+        optim=OptimConfig(lr=1e-3, fixed_lr=True, weight_decay=0.01),
+    )
+    job = lavila.LavilaJob(cfg)
+    steps_per_epoch = len(job.train_dataset()) // cfg.run.batch_size
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, epochs=math.ceil(STEPS / steps_per_epoch)))
+    result = lavila.run(cfg)
+
+    evals = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert len(evals) == 2  # before and after training
+    before, after = (json.loads(line)["mAP_avg"] for line in evals)
+    chance = chance_retrieval_metrics(job.eval_dataset().relevancy).map_avg
+    print(f"EK-100 MIR zero-shot on {len(job.eval_dataset())} held-out clips: mAP_avg chance {chance:.1f}, "
+          f"initial {before:.1f}, after {result.state.step} steps {after:.1f}")  # fmt: skip
+    assert after >= chance + 8 and after > before
+
+
+def test_fine_tuning_beats_the_majority_class(learning_data, tmp_path):
+    sample, chunks = learning_data
+    cfg = cls.CLSConfig(
+        ek100=EK100Layout(chunks / "ek100", sample / "ek100" / "annotations"),
+        run=RunConfig(
+            output_dir=tmp_path,
+            epochs=40,
+            batch_size=16,
+            workers=2,
+            eval_every=0,
+            save_every=10_000,
+            save_every_epochs=10_000,
+            log_every=25,
+        ),  # fmt: skip
+        model=TINY,
+        # From scratch, a tiny model needs Adam; the paper's SGD recipe fine-tunes a pretrained one.
+        optim=OptimConfig(optimizer="adamw", lr=1e-3, warmup_epochs=2, lr_start=1e-5, lr_end=1e-5),
+        mixup=MixupConfig(mixup_alpha=0, cutmix_alpha=0),  # ~100 clips: mixing only blurs what there is
+        dropout=0.0,
+        flip=0.0,  # flips turn push-left into push-right
+    )
+    job = cls.CLSJob(cfg)
+    majority = majority_class_accuracy(job.train_dataset(), job.eval_dataset())
+    result = cls.run(cfg)
+    print(f"EK-100 CLS on {len(job.eval_dataset())} held-out clips: majority {majority}, trained {result.last_eval}")
+    assert result.last_eval["action_top1"] > majority["action_top1"]
+    assert result.last_eval["noun_top1"] > majority["noun_top1"] + 10
