@@ -2,7 +2,6 @@
 
 import dataclasses
 import gc
-import math
 import weakref
 
 import pytest
@@ -12,7 +11,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from avtool.bench.model import (
     ModelBenchConfig,
     Trainer,
-    contrastive_loss,
     dense_peak_tflops,
     fewest_checkpointed_blocks,
     largest_batch,
@@ -51,14 +49,6 @@ def test_largest_batch_search(granularity: int) -> None:
     assert len(tried) < 20  # doubling then bisection, not a scan
     assert largest_batch(lambda n: True, upper=100, granularity=1) == 100
     assert largest_batch(lambda n: False, upper=100) == 0
-
-
-def test_contrastive_loss() -> None:
-    emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
-    scale = torch.tensor(100.0)
-    assert contrastive_loss(emb, emb, scale).item() < 0.05  # each video matches its own caption
-    uniform = contrastive_loss(emb, emb, torch.tensor(0.0))
-    assert uniform.item() == pytest.approx(math.log(8))
 
 
 def test_cpu_needs_a_fixed_batch_size() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from avtool.bench.memory import measure_step
-from avtool.bench.model import contrastive_loss
 from avtool.models import Block, DualEncoder, DualEncoderConfig, Transformer
+from avtool.train.losses import clip_loss
 
 
 def _stack(low: bool) -> Transformer:
@@ -49,7 +49,7 @@ def test_dual_encoder_trains_with_it() -> None:
     video, text = torch.randn(2, 3, 2, 32, 32), torch.randint(1, 999, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(video, text)
-    contrastive_loss(out.video.float(), out.text.float(), out.logit_scale).backward()
+    clip_loss(out.video.float(), out.text.float(), out.logit_scale).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.video.transformer.low_precision_residual and model.text.transformer.low_precision_residual

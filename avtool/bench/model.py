@@ -21,13 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from avtool.bench.memory import VARIANTS, Variant, variant_tower
 from avtool.models import DualEncoder, DualEncoderConfig
 from avtool.models.attention import AttnImpl, check_attn_impl
 from avtool.models.video import VideoArch
+from avtool.train.losses import clip_loss
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def train_step_flops(cfg: DualEncoderConfig, batch_size: int) -> tuple[int, int]
         model.text.set_grad_checkpointing(checkpointing and text_cfg.grad_checkpointing)
         with FlopCounterMode(display=False) as counter:
             out = model(video, text)
-            contrastive_loss(out.video, out.text, out.logit_scale).backward()
+            clip_loss(out.video, out.text, out.logit_scale).backward()
         counts.append(counter.get_total_flops())
         model.zero_grad(set_to_none=True)
     return counts[0], counts[1]
@@ -223,16 +223,9 @@ def _synthetic_batch(cfg: DualEncoderConfig, size: int, device: torch.device) ->
     return video, text
 
 
-def contrastive_loss(video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the local batch (what one GPU computes; the gather adds no memory here)."""
-    logits = logit_scale * video @ text.t()
-    labels = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-
-
 def _forward_loss(model: DualEncoder, video: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     out = model(video, text)
-    return contrastive_loss(out.video, out.text, out.logit_scale)
+    return clip_loss(out.video, out.text, out.logit_scale)
 
 
 class Trainer:
