@@ -1,4 +1,5 @@
 import shutil
+import time
 from dataclasses import replace
 
 import pandas as pd
@@ -25,6 +26,8 @@ def test_tiny_fig5_run_writes_rows_csv_and_plot(chunked_sample, small_sample, tm
     table = pd.DataFrame(result.rows)
     assert (table["videos"] == 6).all() and (table["throughput"] > 0).all() and (table["latency_ms"] > 0).all()
     assert set(table["device"]) == {"cpu"}
+    # CPU time of the single-threaded workers: about their latency, never far above it.
+    assert (table["cpu_ms_per_video"] > 0).all() and (table["cpu_ms_per_video"] < 1.5 * table["latency_ms"] + 5).all()
     for access in ("seek", "sequential"):
         rows = table[table["access"] == access]
         stages = ["open_ms", "demux_ms", "decode_ms", "convert_ms", "resize_ms", "other_ms"]
@@ -94,6 +97,34 @@ def test_pool_sizes_and_validation(chunked_sample, tmp_path):
         plot_fig5(tmp_path / "bad.csv", tmp_path / "x.png")
 
 
+def test_a_time_budget_bounds_a_row_and_keeps_every_worker_busy(chunked_sample):
+    items = load_items(replace(DecodeBenchConfig.tiny(chunked_sample), videos=3))
+    config = DecoderConfig(access="sequential")
+    row = measure_pool(items, config, 64, procs=2, seconds=0.5)
+    # Each worker cycles through the clips past the 3 a count-based row would decode, and stops
+    # after the clip in hand once the budget is spent.
+    assert row["videos"] > 3 and 0.5 <= row["wall_s"] < 0.5 + 3 * row["latency_ms"] / 1e3 + 0.5
+    assert row["throughput"] == pytest.approx(row["videos"] / row["wall_s"], rel=0.01)
+    with pytest.raises(AvtoolError, match="seconds must be positive"):
+        DecodeBenchConfig(chunked_sample, seconds=0)
+
+
+def test_a_worker_that_never_reports_fails_the_row_instead_of_hanging():
+    import multiprocessing as mp
+
+    from avtool.bench.decode import _collect
+
+    context = mp.get_context("spawn")
+    sleeper = context.Process(target=time.sleep, args=(30,), daemon=True)
+    sleeper.start()
+    begin = time.monotonic()
+    with pytest.raises(AvtoolError, match="did not report within 1 s"):
+        _collect(context.Queue(), [sleeper], timeout=1.0)
+    assert time.monotonic() - begin < 10
+    sleeper.join(timeout=5)
+    assert not sleeper.is_alive()  # killed, not left behind
+
+
 def test_nvdec_rows_run_in_spawned_workers_and_report_where_they_decoded(chunked_sample):
     items = load_items(replace(DecodeBenchConfig.tiny(chunked_sample), videos=2))
     row = measure_pool(items, DecoderConfig(backend="pyav-nvdec"), 64, procs=1)
@@ -114,3 +145,8 @@ def test_cli_bench_decode_and_plot_fig5(chunked_sample, tmp_path):
     result = subprocess.run([*cmd, "plot", "fig5", str(out / "decode.csv")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (out / "decode.png").stat().st_size > 10_000
+    # The name for the chunk-length comparison, and the earlier one, both parse.
+    for flag in ("--chunk-len-compare", "--sources"):
+        result = subprocess.run([*cmd, "bench", "decode", str(tmp_path / "missing"), flag, str(tmp_path), "--tiny"],
+                                capture_output=True, text=True)  # fmt: skip
+        assert result.returncode != 0 and "no such folder" in result.stderr

@@ -1,3 +1,4 @@
+import pickle
 import warnings
 
 import numpy as np
@@ -80,6 +81,16 @@ def test_flip_mirrors_the_output(chunk):
         plain, _ = decode(chunk, mode=mode)
         flipped, _ = decode(chunk, crop=Crop(CROP.x, CROP.y, CROP.w, CROP.h, flip=True), mode=mode)
         np.testing.assert_array_equal(flipped, plain[:, :, ::-1])
+
+
+def test_fused_crops_of_one_decoder_do_not_leak_into_each_other(chunk):
+    # The fused path keeps one crop graph per frame geometry and re-targets it per clip.
+    decoder = make_decoder(DecoderConfig(mode="fused"))
+    crops = [CROP, Crop(0, 0, 64, 48), Crop(1, 3, chunk.width - 1, chunk.height - 3, flip=True), CROP]
+    outputs = [decoder.decode(chunk, crop, SIZE) for crop in crops]
+    for crop, out in zip(crops, outputs, strict=True):
+        np.testing.assert_array_equal(out, decode(chunk, crop=crop)[0])  # a fresh decoder per crop
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(decoder)).decode(chunk, CROP, SIZE), outputs[0])
 
 
 def test_stage_times_add_up(chunk):

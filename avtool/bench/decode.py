@@ -2,10 +2,14 @@
 
 Fig. 5 protocol: N chunk files are loaded into memory (so no disk IO is measured), every clip samples
 ``frames`` frames over its chunk and is cropped to ``size``; M worker processes, each single-threaded,
-share the N clips. For each backend × mode × access × M the rows hold the latency per video, the
-throughput per process and the overall throughput; PyAV rows also split a video's time into open,
-demux, decode, convert (colour conversion; with crop and scale when fused), resize (crop and resize
-after conversion) and other (Python); decord rows count conversion as decode.
+share the N clips, or, with a time budget (``seconds``), each cycles through all N clips from its own
+offset until the budget is spent, so that every row takes the same time whatever its speed and no
+process idles while a slower one finishes its share. For each backend × mode × access × M the rows
+hold the latency per video, the throughput per process, the overall throughput and the CPU time per
+video (user + system time of the worker processes, their decoder and driver threads included: what
+NVDEC saves the CPU); PyAV rows also split a video's time into open, demux, decode, convert (colour
+conversion; with crop and scale when fused), resize (crop and resize after conversion) and other
+(Python); decord rows count conversion as decode.
 
 Chunk-length comparison: the same clips read from chunks of two lengths (15 s and 300 s by default)
 cut from the same source videos with ``avtool.prep.chunk``: bytes read from the file and time per
@@ -18,7 +22,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +62,10 @@ class DecodeBenchConfig:
     skip_nonref: bool = True
     """Let seek access skip unrequested non-reference frames (PyAV)."""
     repeats: int = 1
-    """Passes over the N clips per measurement."""
+    """Passes over the N clips per measurement (without ``seconds``)."""
+    seconds: float | None = None
+    """Time budget per row: each worker decodes clips until this many seconds have passed (the
+    clip in hand is finished). None: the N clips are decoded ``repeats`` times, whatever it takes."""
     seed: int = 0
     """Seed of the chunk choice, frame jitter and crops (the same clips for every row)."""
     sources: Path | None = None
@@ -84,6 +93,8 @@ class DecodeBenchConfig:
                 problems.append(f"{name} must be among {', '.join(allowed)}, got {', '.join(bad)}")
         if self.clip_seconds is not None and self.clip_seconds <= 0:
             problems.append(f"clip_seconds must be positive, got {self.clip_seconds}")
+        if self.seconds is not None and self.seconds <= 0:
+            problems.append(f"seconds must be positive, got {self.seconds}")
         if self.sources is not None and (len(self.chunk_lengths) < 2 or min(self.chunk_lengths) < 1):
             problems.append(f"chunk_lengths needs two or more lengths >= 1 s, got {self.chunk_lengths}")
         if problems:
@@ -129,7 +140,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | No
             for access in cfg.accesses:
                 decoder = DecoderConfig(backend=backend, mode=mode, access=access, skip_nonref=cfg.skip_nonref)
                 for procs in cfg.pool_sizes:
-                    row = measure_pool(items, decoder, cfg.size, procs, cfg.repeats)
+                    row = measure_pool(items, decoder, cfg.size, procs, cfg.repeats, cfg.seconds)
                     row.update(frames=cfg.frames, size=cfg.size, clip_seconds=cfg.clip_seconds or "chunk")
                     rows.append(row)
                     if on_row is not None:
@@ -176,24 +187,42 @@ def _full_chunks(videos: list[ChunkedVideo]) -> list[tuple[ChunkedVideo, int]]:
     return full or [(v, i) for v in videos for i in range(len(v.paths))]
 
 
-def measure_pool(items: list[BenchItem], decoder: DecoderConfig, size: int, procs: int, repeats: int = 1) -> dict:
-    """Decode ``items`` with ``procs`` single-threaded worker processes started together; one result row."""
+# A worker that has not reached the start line by then is stuck (a CUDA context that never comes
+# up, say): the row fails with a message instead of the run hanging.
+START_TIMEOUT_S = 300.0
+# With a time budget, a clip still unfinished this long after the budget is a hang, not a slow clip.
+OVERRUN_S = 300.0
+
+
+def measure_pool(
+    items: list[BenchItem], decoder: DecoderConfig, size: int, procs: int, repeats: int = 1,
+    seconds: float | None = None,
+) -> dict:  # fmt: skip
+    """Decode ``items`` with ``procs`` single-threaded worker processes started together; one result
+    row. Without ``seconds`` the workers split the clips (each clip ``repeats`` times); with it, each
+    worker cycles through all clips from its own offset until ``seconds`` have passed."""
     # Forked workers share the in-memory chunks without copies; NVDEC needs CUDA, which a process
     # forked from one that touched CUDA cannot use, so its workers are spawned.
     fork = "fork" in mp.get_all_start_methods() and decoder.backend != "pyav-nvdec"
     context = mp.get_context("fork" if fork else "spawn")
     barrier = context.Barrier(procs)
     results = context.Queue()
-    shares = [items[r::procs] * repeats for r in range(procs)]
+    if seconds is None:
+        shares = [items[r::procs] * repeats for r in range(procs)]
+    else:
+        shares = [_rotate(items, r * len(items) // procs) for r in range(procs)]
     workers = [
-        context.Process(target=_worker, args=(share, decoder, size, barrier, results), daemon=True) for share in shares
+        context.Process(target=_worker, args=(share, decoder, size, barrier, results, seconds), daemon=True)
+        for share in shares
     ]
     for w in workers:
         w.start()
-    reports = _collect(results, workers)
-    errors = [r["error"] for r in reports if r.get("error")]
+    timeout = None if seconds is None else START_TIMEOUT_S + seconds + OVERRUN_S
+    reports = _collect(results, workers, timeout)
+    # The worker that failed first says why; the others only saw the start line break.
+    errors = sorted((r.get("waiting", False), r["error"]) for r in reports if r.get("error"))
     if errors:
-        raise AvtoolError(f"{decoder.backend} {decoder.mode} {decoder.access}: {errors[0]}")
+        raise AvtoolError(f"{decoder.backend} {decoder.mode} {decoder.access}: {errors[0][1]}")
     latencies = np.concatenate([r["latencies"] for r in reports])
     wall = max(r["end"] for r in reports) - min(r["begin"] for r in reports)
     times = StageTimes()
@@ -210,8 +239,10 @@ def measure_pool(items: list[BenchItem], decoder: DecoderConfig, size: int, proc
         "latency_p90_ms": round(1e3 * float(np.percentile(latencies, 90)), 3),
         "throughput_per_proc": round(n / wall / procs, 3),
         "throughput": round(n / wall, 3),
+        "cpu_ms_per_video": round(1e3 * sum(r["cpu"] for r in reports) / n, 3),
+        "wall_s": round(wall, 3),
         "frames_decoded_per_video": round(times.frames_decoded / n, 1),
-        "device": reports[0]["device"],
+        "device": "; ".join(sorted({r["device"] for r in reports})),
         "skip_nonref": decoder.skip_nonref,
     }
     # decord decodes and converts in one call: its rows split only open, decode(+convert) and resize.
@@ -220,45 +251,73 @@ def measure_pool(items: list[BenchItem], decoder: DecoderConfig, size: int, proc
     return row
 
 
-def _collect(results, workers) -> list[dict]:
-    """One report per worker; a worker that dies without reporting (a crash in a decoder) is an error."""
+def _rotate(items: list, start: int) -> list:
+    return items[start:] + items[:start]
+
+
+def _collect(results, workers, timeout: float | None = None) -> list[dict]:
+    """One report per worker; a worker that dies without reporting (a crash in a decoder), or no
+    report within ``timeout`` seconds, is an error, and the remaining workers are killed."""
     reports = []
+    deadline = None if timeout is None else time.monotonic() + timeout
     while len(reports) < len(workers):
         try:
             reports.append(results.get(timeout=1.0))
+            continue
         except queue.Empty:
-            dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
-            if dead:
-                for w in workers:
-                    w.kill()
-                raise AvtoolError(f"a benchmark worker died (exit code {dead[0].exitcode})") from None
+            pass
+        dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
+        problem = f"a benchmark worker died (exit code {dead[0].exitcode})" if dead else None
+        if problem is None and all(not w.is_alive() for w in workers):
+            try:  # a report may have arrived between the wait above and the last exit
+                reports.append(results.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                problem = "benchmark workers exited without reporting"
+        if problem is None and deadline is not None and time.monotonic() > deadline:
+            problem = f"benchmark workers did not report within {timeout:.0f} s (a decoder hung?)"
+        if problem is not None:
+            for w in workers:
+                w.kill()
+            raise AvtoolError(problem)
     for w in workers:
         w.join()
     return reports
 
 
-def _worker(items: list[BenchItem], config: DecoderConfig, size: int, barrier, results) -> None:
-    """One pool process: warm up, wait for the others, decode its share, report."""
+def _worker(items: list[BenchItem], config: DecoderConfig, size: int, barrier, results, seconds: float | None) -> None:
+    """One pool process: warm up, wait for the others, decode (its share, or until the budget is
+    spent), report its latencies, stage times and CPU time."""
     try:
         import torch
 
         torch.set_num_threads(1)
         decoder = make_decoder(config)
-        decoder.decode(items[0].read, items[0].crop, size)  # imports, filter-graph code paths: not timed
-        barrier.wait()
+        decoder.decode(items[0].read, items[0].crop, size)  # imports, CUDA context, first graphs: not timed
+        barrier.wait(timeout=START_TIMEOUT_S)
         times = StageTimes()
         latencies = []
+        # process_time: user + system time of every thread of this process (decoder, CUDA driver).
+        cpu = time.process_time()
         begin = time.perf_counter()
-        for item in items:
+        deadline = None if seconds is None else begin + seconds
+        for k in range(len(items) if deadline is None else sys.maxsize):
+            item = items[k % len(items)]
             t = time.perf_counter()
             decoder.decode(item.read, item.crop, size, times)
             latencies.append(time.perf_counter() - t)
+            if deadline is not None and latencies[-1] + t >= deadline:
+                break
         end = time.perf_counter()
-        results.put({"latencies": np.array(latencies), "begin": begin, "end": end, "times": times,
+        cpu = time.process_time() - cpu
+        results.put({"latencies": np.array(latencies), "begin": begin, "end": end, "times": times, "cpu": cpu,
                      "device": decoder.device})  # fmt: skip
     except Exception as e:  # reported to the parent, which raises it as one line
         barrier.abort()
-        results.put({"error": str(e) if isinstance(e, AvtoolError) else f"{type(e).__name__}: {e}"})
+        if isinstance(e, threading.BrokenBarrierError):
+            results.put({"error": "a worker failed or did not start in time", "waiting": True})
+        else:
+            results.put({"error": str(e) if isinstance(e, AvtoolError) else f"{type(e).__name__}: {e}"})
 
 
 def compare_chunk_lengths(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | None = None) -> list[dict]:

@@ -127,41 +127,80 @@ def bench_decode(
     accesses: Annotated[str, typer.Option(help="sequential (from chunk start) and/or seek, comma-separated.")] = (
         "sequential,seek"
     ),
+    seconds: Annotated[
+        float,
+        typer.Option(
+            help="Time budget per row: every process decodes clips for this long (the same time for fast and slow "
+            "rows, no idle processes at the end); 0 decodes the --videos clips once, split among the processes."
+        ),
+    ] = 0.0,
     clip_seconds: Annotated[
         float, typer.Option(help="Clip length in seconds; 0 spreads the frames over the whole chunk (paper).")
     ] = 0.0,
-    sources: Annotated[
-        Path | None, typer.Option(help="Raw videos for the 15-s vs 300-s chunk-length comparison (re-chunked).")
+    chunk_len_compare: Annotated[
+        Path | None,
+        typer.Option(
+            "--chunk-len-compare",
+            "--sources",
+            help="Raw videos to re-chunk at 15 s and 300 s and read the same clips from (Table 4's shorter chunks).",
+        ),
     ] = None,
+    chunk_lengths: Annotated[str, typer.Option(help="Chunk lengths compared by --chunk-len-compare, seconds.")] = (
+        "15,300"
+    ),
     seed: Annotated[int, typer.Option(help="Seed of clip positions and crops.")] = 0,
     tiny: Annotated[bool, typer.Option(help="A few-second setting (6 videos, M=1,2) for a first look and CI.")] = False,
     output: Annotated[Path, typer.Option(help="Folder for decode.csv/json (and decode-chunk-length.csv/json).")] = Path(
         "results"
     ),
 ) -> None:
-    """Fig. 5: decode latency (ms/video), throughput per process and overall (videos/s) for each decoder ×
-    mode (decode-then-crop, fused) × access (sequential, seek), with M worker processes, IO excluded."""
+    """Fig. 5: decode latency (ms/video), throughput per process and overall (videos/s) and CPU time per
+    video for each decoder × mode (decode-then-crop, fused) × access (sequential, seek), with M worker
+    processes, IO excluded. decode.csv is rewritten after every row, so a run stopped early keeps its rows."""
+    import pandas as pd
+
+    from avtool.atomic import atomic_write_text
     from avtool.bench.decode import DecodeBenchConfig, run_decode_bench, write_decode_results
 
     if tiny:
-        cfg = DecodeBenchConfig.tiny(root, sources=sources)
+        cfg = DecodeBenchConfig.tiny(root, sources=chunk_len_compare)
     else:
         cfg = DecodeBenchConfig(
             root=root, videos=videos, frames=frames, size=size, procs=_ints(procs), backends=_names(backends),
-            modes=_names(modes), accesses=_names(accesses), clip_seconds=clip_seconds or None, sources=sources,
-            seed=seed,
+            modes=_names(modes), accesses=_names(accesses), clip_seconds=clip_seconds or None,
+            seconds=seconds or None, sources=chunk_len_compare, chunk_lengths=_ints(chunk_lengths), seed=seed,
         )  # fmt: skip
     table = Table(title=f"Decoding {root}", title_justify="left")
-    for column in ("backend", "mode", "access", "M", "ms/video", "videos/s/proc", "videos/s"):
+    for column in ("backend", "mode", "access", "M", "ms/video", "videos/s/proc", "videos/s", "CPU ms/video"):
         table.add_column(column)
+    rows: list[dict] = []
 
     def add_row(row: dict) -> None:
-        table.add_row(row["backend"], row["mode"], row["access"], str(row["procs"]), f"{row['latency_ms']:.1f}",
-                      f"{row['throughput_per_proc']:.1f}", f"{row['throughput']:.1f}")  # fmt: skip
+        if "procs" not in row:  # a chunk-length comparison row: printed by itself at the end
+            return
+        numbers = (row["latency_ms"], row["throughput_per_proc"], row["throughput"], row["cpu_ms_per_video"])
+        cells = (row["backend"], row["mode"], row["access"], str(row["procs"]), *(f"{x:.1f}" for x in numbers))
+        table.add_row(*cells)
+        if not rows:
+            console.print("  " + "  ".join(str(column.header) for column in table.columns), highlight=False)
+        console.print("  " + "  ".join(cells), highlight=False)  # progress, above the spinner
+        rows.append(row)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "decode.csv", pd.DataFrame(rows).to_csv(index=False))
 
     with console.status("decoding ..."):
         result = run_decode_bench(cfg, on_row=add_row)
     console.print(table)
+    if result.chunk_rows:
+        chunks = Table(title="Same clips from chunks of each length (PyAV, fused)", title_justify="left")
+        for column in ("chunk s", "access", "chunks/clip", "file KB/clip", "KB read/clip", "ms/clip", "frames/clip"):
+            chunks.add_column(column)
+        for row in result.chunk_rows:
+            read = row["bytes_read_per_clip"]
+            chunks.add_row(str(row["chunk_len"]), row["access"], f"{row['chunks_per_clip']:g}",
+                           f"{row['file_bytes_per_clip'] / 1e3:.0f}", "–" if read is None else f"{read / 1e3:.0f}",
+                           f"{row['ms_per_clip']:.1f}", f"{row['frames_decoded_per_clip']:g}")  # fmt: skip
+        console.print(chunks)
     for path in write_decode_results(output, result, cfg):
         console.print(f"wrote {path}", highlight=False)
 
