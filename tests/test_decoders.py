@@ -93,6 +93,27 @@ def test_fused_crops_of_one_decoder_do_not_leak_into_each_other(chunk):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(decoder)).decode(chunk, CROP, SIZE), outputs[0])
 
 
+def test_one_decoder_reused_across_chunks_videos_and_accesses_matches_fresh_ones(chunked_sample):
+    # A decoder keeps its codec contexts across chunks (keyed by stream parameters) and resets them
+    # per clip: interleaving videos of other sizes and frame rates, and seek with sequential, must
+    # give exactly what a fresh decoder gives for each read.
+    index = ChunkIndex(chunked_sample)
+    reads = []
+    for key in sorted(index.keys()):
+        video = index.get(key)
+        for path, fps in list(zip(video.paths, video.fps, strict=True))[:2]:
+            reads.append(ChunkRead(path, (0, 7, 20), fps, video.width, video.height))
+    assert len({(r.width, r.height, r.fps) for r in reads}) >= 3
+    crop = Crop(x=11, y=9, w=120, h=100)
+    for mode in ("fused", "decode-then-crop"):
+        shared = {access: make_decoder(DecoderConfig(mode=mode, access=access)) for access in ("seek", "sequential")}
+        for k, read in enumerate(reads * 2):
+            access = ("seek", "sequential")[k % 2]
+            fresh = make_decoder(DecoderConfig(mode=mode, access=access)).decode(read, crop, 64)
+            np.testing.assert_array_equal(shared[access].decode(read, crop, 64), fresh, err_msg=f"{mode} {k}")
+        assert 1 < len(shared["seek"]._contexts) <= 4  # one per stream geometry, bounded
+
+
 def test_stage_times_add_up(chunk):
     _, times = decode(chunk)
     assert times.reads == 1 and times.total > 0

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +80,10 @@ class DecodeBenchConfig:
     """libx264 preset of the comparison's chunks (other settings: avtool chunk's defaults)."""
     scratch: Path | None = None
     """Folder for the comparison's chunks, kept for reruns; None uses a temporary folder."""
+    ceiling: bool = False
+    """Also run a fixed single-threaded CPU task (zlib inflate, no decoder) in the same pools: how
+    far this machine's cores scale at all (shared clock boost, caches, memory bandwidth), the
+    ceiling against which the decoders' scaling is read."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,6 +125,8 @@ class DecodeBenchResult:
     """One row per backend × mode × access × pool size (Fig. 5)."""
     chunk_rows: list[dict]
     """One row per chunk length × access (empty without ``sources``)."""
+    ceiling_rows: list[dict] = field(default_factory=list)
+    """One row per pool size of the fixed CPU task (empty without ``ceiling``)."""
 
 
 @dataclass(frozen=True)
@@ -145,8 +151,48 @@ def run_decode_bench(cfg: DecodeBenchConfig, on_row: Callable[[dict], None] | No
                     rows.append(row)
                     if on_row is not None:
                         on_row(row)
+    ceiling_rows = []
+    if cfg.ceiling:
+        for procs in cfg.pool_sizes:
+            row = measure_pool(items, None, cfg.size, procs, cfg.repeats, cfg.seconds)
+            ceiling_rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    add_scaling(rows)
+    add_scaling(ceiling_rows)
     chunk_rows = compare_chunk_lengths(cfg, on_row) if cfg.sources is not None else []
-    return DecodeBenchResult(rows, chunk_rows)
+    return DecodeBenchResult(rows, chunk_rows, ceiling_rows)
+
+
+def add_scaling(rows: list[dict]) -> None:
+    """Each row's ``scaling``: its throughput over M times the same setting's one-process throughput
+    (1.0 = linear), where a one-process row was measured."""
+    single = {(r["backend"], r["mode"], r["access"]): r["throughput"] for r in rows if r["procs"] == 1}
+    for r in rows:
+        base = single.get((r["backend"], r["mode"], r["access"]))
+        r["scaling"] = round(r["throughput"] / (r["procs"] * base), 3) if base else None
+
+
+class InflateTask:
+    """The ceiling measurement's work item, in a decoder's clothes: inflate 4 MiB that zlib deflated
+    (pure single-threaded C over a few MiB, like entropy decoding; ~10 ms on a 2020s core)."""
+
+    device = "cpu"
+    config = None
+
+    def __init__(self) -> None:
+        import zlib
+
+        rng = np.random.default_rng(0)
+        self._blob = zlib.compress(rng.integers(0, 16, 4 << 20, dtype=np.uint8).tobytes(), 6)
+
+    def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> None:
+        import zlib
+
+        t = time.perf_counter()
+        zlib.decompress(self._blob)
+        if times is not None:
+            times.add(StageTimes(decode=time.perf_counter() - t, total=time.perf_counter() - t, reads=1))
 
 
 def load_items(cfg: DecodeBenchConfig) -> list[BenchItem]:
@@ -195,15 +241,16 @@ OVERRUN_S = 300.0
 
 
 def measure_pool(
-    items: list[BenchItem], decoder: DecoderConfig, size: int, procs: int, repeats: int = 1,
+    items: list[BenchItem], decoder: DecoderConfig | None, size: int, procs: int, repeats: int = 1,
     seconds: float | None = None,
 ) -> dict:  # fmt: skip
     """Decode ``items`` with ``procs`` single-threaded worker processes started together; one result
     row. Without ``seconds`` the workers split the clips (each clip ``repeats`` times); with it, each
-    worker cycles through all clips from its own offset until ``seconds`` have passed."""
+    worker cycles through all clips from its own offset until ``seconds`` have passed. ``decoder``
+    None runs ``InflateTask`` instead of decoding (the machine's scaling ceiling)."""
     # Forked workers share the in-memory chunks without copies; NVDEC needs CUDA, which a process
     # forked from one that touched CUDA cannot use, so its workers are spawned.
-    fork = "fork" in mp.get_all_start_methods() and decoder.backend != "pyav-nvdec"
+    fork = "fork" in mp.get_all_start_methods() and (decoder is None or decoder.backend != "pyav-nvdec")
     context = mp.get_context("fork" if fork else "spawn")
     barrier = context.Barrier(procs)
     results = context.Queue()
@@ -222,7 +269,8 @@ def measure_pool(
     # The worker that failed first says why; the others only saw the start line break.
     errors = sorted((r.get("waiting", False), r["error"]) for r in reports if r.get("error"))
     if errors:
-        raise AvtoolError(f"{decoder.backend} {decoder.mode} {decoder.access}: {errors[0][1]}")
+        what = "ceiling task" if decoder is None else f"{decoder.backend} {decoder.mode} {decoder.access}"
+        raise AvtoolError(f"{what}: {errors[0][1]}")
     latencies = np.concatenate([r["latencies"] for r in reports])
     wall = max(r["end"] for r in reports) - min(r["begin"] for r in reports)
     times = StageTimes()
@@ -230,9 +278,9 @@ def measure_pool(
         times.add(r["times"])
     n = len(latencies)
     row = {
-        "backend": decoder.backend,
-        "mode": decoder.mode,
-        "access": decoder.access,
+        "backend": "zlib-inflate" if decoder is None else decoder.backend,
+        "mode": "-" if decoder is None else decoder.mode,
+        "access": "-" if decoder is None else decoder.access,
         "procs": procs,
         "videos": n,
         "latency_ms": round(1e3 * float(latencies.mean()), 3),
@@ -243,7 +291,7 @@ def measure_pool(
         "wall_s": round(wall, 3),
         "frames_decoded_per_video": round(times.frames_decoded / n, 1),
         "device": "; ".join(sorted({r["device"] for r in reports})),
-        "skip_nonref": decoder.skip_nonref,
+        "skip_nonref": None if decoder is None else decoder.skip_nonref,
     }
     # decord decodes and converts in one call: its rows split only open, decode(+convert) and resize.
     for stage in ("open", "demux", "decode", "convert", "resize", "other"):
@@ -285,14 +333,16 @@ def _collect(results, workers, timeout: float | None = None) -> list[dict]:
     return reports
 
 
-def _worker(items: list[BenchItem], config: DecoderConfig, size: int, barrier, results, seconds: float | None) -> None:
+def _worker(
+    items: list[BenchItem], config: DecoderConfig | None, size: int, barrier, results, seconds: float | None
+) -> None:
     """One pool process: warm up, wait for the others, decode (its share, or until the budget is
     spent), report its latencies, stage times and CPU time."""
     try:
         import torch
 
         torch.set_num_threads(1)
-        decoder = make_decoder(config)
+        decoder = make_decoder(config) if config is not None else InflateTask()
         decoder.decode(items[0].read, items[0].crop, size)  # imports, CUDA context, first graphs: not timed
         barrier.wait(timeout=START_TIMEOUT_S)
         times = StageTimes()
@@ -411,4 +461,6 @@ def write_decode_results(out_dir: Path, result: DecodeBenchResult, cfg: DecodeBe
     paths = list(write_results(out_dir, "decode", result.rows, cfg))
     if result.chunk_rows:
         paths += write_results(out_dir, "decode-chunk-length", result.chunk_rows, cfg)
+    if result.ceiling_rows:
+        paths += write_results(out_dir, "decode-ceiling", result.ceiling_rows, cfg)
     return paths

@@ -148,6 +148,13 @@ def bench_decode(
     chunk_lengths: Annotated[str, typer.Option(help="Chunk lengths compared by --chunk-len-compare, seconds.")] = (
         "15,300"
     ),
+    ceiling: Annotated[
+        bool,
+        typer.Option(
+            help="Also run a fixed single-threaded CPU task (zlib inflate) with each M: how far this machine's cores "
+            "scale at all, the ceiling for the decoders' scaling (decode-ceiling.csv)."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of clip positions and crops.")] = 0,
     tiny: Annotated[bool, typer.Option(help="A few-second setting (6 videos, M=1,2) for a first look and CI.")] = False,
     output: Annotated[Path, typer.Option(help="Folder for decode.csv/json (and decode-chunk-length.csv/json).")] = Path(
@@ -163,33 +170,39 @@ def bench_decode(
     from avtool.bench.decode import DecodeBenchConfig, run_decode_bench, write_decode_results
 
     if tiny:
-        cfg = DecodeBenchConfig.tiny(root, sources=chunk_len_compare)
+        cfg = dataclasses.replace(DecodeBenchConfig.tiny(root, sources=chunk_len_compare), ceiling=ceiling)
     else:
         cfg = DecodeBenchConfig(
             root=root, videos=videos, frames=frames, size=size, procs=_ints(procs), backends=_names(backends),
             modes=_names(modes), accesses=_names(accesses), clip_seconds=clip_seconds or None,
             seconds=seconds or None, sources=chunk_len_compare, chunk_lengths=_ints(chunk_lengths), seed=seed,
+            ceiling=ceiling,
         )  # fmt: skip
-    table = Table(title=f"Decoding {root}", title_justify="left")
-    for column in ("backend", "mode", "access", "M", "ms/video", "videos/s/proc", "videos/s", "CPU ms/video"):
-        table.add_column(column)
+    columns = ("backend", "mode", "access", "M", "ms/video", "videos/s/proc", "videos/s", "CPU ms/video")
     rows: list[dict] = []
+
+    def cells(row: dict) -> tuple[str, ...]:
+        numbers = (row["latency_ms"], row["throughput_per_proc"], row["throughput"], row["cpu_ms_per_video"])
+        return (row["backend"], row["mode"], row["access"], str(row["procs"]), *(f"{x:.1f}" for x in numbers))
 
     def add_row(row: dict) -> None:
         if "procs" not in row:  # a chunk-length comparison row: printed by itself at the end
             return
-        numbers = (row["latency_ms"], row["throughput_per_proc"], row["throughput"], row["cpu_ms_per_video"])
-        cells = (row["backend"], row["mode"], row["access"], str(row["procs"]), *(f"{x:.1f}" for x in numbers))
-        table.add_row(*cells)
         if not rows:
-            console.print("  " + "  ".join(str(column.header) for column in table.columns), highlight=False)
-        console.print("  " + "  ".join(cells), highlight=False)  # progress, above the spinner
-        rows.append(row)
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output / "decode.csv", pd.DataFrame(rows).to_csv(index=False))
+            console.print("  " + "  ".join(columns), highlight=False)
+        console.print("  " + "  ".join(cells(row)), highlight=False)  # progress, above the spinner
+        if row["backend"] != "zlib-inflate":  # the ceiling rows get their own file at the end
+            rows.append(row)
+            output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output / "decode.csv", pd.DataFrame(rows).to_csv(index=False))
 
     with console.status("decoding ..."):
         result = run_decode_bench(cfg, on_row=add_row)
+    table = Table(title=f"Decoding {root}", title_justify="left")
+    for column in (*columns, "× linear"):
+        table.add_column(column)
+    for row in result.rows + result.ceiling_rows:
+        table.add_row(*cells(row), "–" if row["scaling"] is None else f"{row['scaling']:.2f}")
     console.print(table)
     if result.chunk_rows:
         chunks = Table(title="Same clips from chunks of each length (PyAV, fused)", title_justify="left")
