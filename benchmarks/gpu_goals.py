@@ -26,7 +26,7 @@ from avtool.models import DualEncoderConfig
 from avtool.results import write_results
 
 GOAL_MB_PER_VIDEO = 61.0
-SUITES = ("eager", "bf16-residual", "compiled")
+SUITES = ("eager", "bf16-residual", "compiled", "budget")
 
 
 def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> list[tuple[str, ModelBenchConfig]]:
@@ -36,20 +36,25 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     B=large, and fast conv1. `bf16-residual`: the residual stream in bf16, and the fewest checkpointed blocks
     that keep B=large within 61 MB/video. `compiled`: torch.compile on top of the bf16 residual, and the
     fewest checkpointed blocks that fit B=large in the whole GPU (searched eagerly, so conservative).
+    `budget`: compiled as above but without per-block checkpointing: the compiler's partitioner picks
+    what to recompute under an activation memory budget (fractions of a run that recomputes nothing).
     """
 
     def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
         low = suite != "eager"
+        compiled = suite in ("compiled", "budget")
         video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low)
         text = dataclasses.replace(base.model.text, low_precision_residual=low)
         model = dataclasses.replace(base.model, video=video, text=text)
         return dataclasses.replace(
-            base, model=model, variants=(variant,), flash_impl=attn, batch_size=batch, compile=suite == "compiled",
+            base, model=model, variants=(variant,), flash_impl=attn, batch_size=batch, compile=compiled,
             **extra,
         )  # fmt: skip
 
     cap = {"ckpt_blocks": "auto", "memory_limit_gb": large * GOAL_MB_PER_VIDEO / 1e3}
-    tag = {"eager": "", "bf16-residual": " bf16-res", "compiled": " bf16-res+compile"}[suite]
+    tag = {"eager": "", "bf16-residual": " bf16-res", "compiled": " bf16-res+compile", "budget": " bf16-res+compile"}[
+        suite
+    ]
     configs = {
         "eager": [
             (f"B{small} math", make("baseline", "flash", small)),
@@ -73,6 +78,11 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             (f"B{large} cudnn+ckpt fast-conv1{tag}", make("grad-ckpt", "cudnn", large, fast_conv1=True)),
             (f"B{large} cudnn+ckpt fast-conv1 auto (whole GPU){tag}",
              make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_blocks="auto")),
+        ],
+        "budget": [
+            (f"B{large} cudnn fast-conv1 budget {b:g}{tag}",
+             make("flash-attn", "cudnn", large, fast_conv1=True, activation_memory_budget=b))
+            for b in (0.2, 0.1)
         ],
     }[suite]  # fmt: skip
     if not torch.cuda.is_available():  # the block search needs CUDA out-of-memory errors

@@ -183,11 +183,25 @@ def test_checkpointing_the_first_k_blocks_costs_their_forward_again() -> None:
 def test_config_problems_are_listed_together() -> None:
     cfg = ModelBenchConfig(
         model=DualEncoderConfig.tiny(), variants=("flash-attn",), ckpt_blocks=9, compile=True, device="cpu",
-        flash_impl="warp", peak_tflops=-1, amp_dtype="float8",
+        flash_impl="warp", peak_tflops=-1, amp_dtype="float8", activation_memory_budget=1.5,
     )  # fmt: skip
     text = "\n".join(cfg.problems())
     for expected in ("ckpt_blocks=9", "grad-ckpt variant", "compile needs a fixed batch_size", "'warp'",
-                     "peak_tflops=-1", "'float8'", "batch_size is required"):  # fmt: skip
+                     "peak_tflops=-1", "'float8'", "batch_size is required",
+                     "activation_memory_budget=1.5"):  # fmt: skip
         assert expected in text, expected
+    eager = ModelBenchConfig(model=DualEncoderConfig.tiny(), activation_memory_budget=0.5, batch_size=2, device="cpu")
+    assert any("activation_memory_budget needs compile" in p for p in eager.problems())
     auto = ModelBenchConfig(model=DualEncoderConfig.tiny(), ckpt_blocks="auto", batch_size=2, device="cpu")
     assert any("needs CUDA" in p for p in auto.problems())
+
+
+def test_the_memory_budget_is_a_known_compiler_setting_and_steps_run_with_it() -> None:
+    # The budget is patched into torch._functorch.config around each step; an unknown key would raise.
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None, memory_budget=0.3)
+    video, text = trainer.batch(2)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.step(video, text)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters(), strict=True))
+    assert torch._functorch.config.activation_memory_budget == 1.0  # restored after the step
+    trainer.close()

@@ -50,6 +50,12 @@ class ModelBenchConfig:
     compile: bool = False
     """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
     Needs a fixed batch_size: every size the search tried would compile anew."""
+    activation_memory_budget: float | None = None
+    """With ``compile``: let the compiler's min-cut partitioner choose what to recompute in backward,
+    keeping at most this fraction (0-1] of the activations a run without recomputation keeps
+    (``torch._functorch.config.activation_memory_budget``; 1.0 recomputes nothing). An alternative to
+    per-block checkpointing that can save the costly tensors (matmul and attention outputs) and
+    recompute the cheap ones. Use it with a variant without checkpointing. None: off."""
     batch_size: int | None = None
     """Fixed batch size; None searches the largest one that fits (CUDA only)."""
     max_batch_size: int = 2048
@@ -115,6 +121,11 @@ class ModelBenchConfig:
                 out.append("ckpt_blocks applies to the grad-ckpt variant, which is not among the variants")
         if self.compile and self.batch_size is None:
             out.append("compile needs a fixed batch_size: each size the search tries would compile again")
+        if self.activation_memory_budget is not None:
+            if not self.compile:
+                out.append("activation_memory_budget needs compile: the compiler chooses what to recompute")
+            if not 0 < self.activation_memory_budget <= 1:
+                out.append(f"activation_memory_budget={self.activation_memory_budget} is not in (0, 1]")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             out.append(f"peak_tflops={self.peak_tflops} must be positive")
         return out
@@ -131,6 +142,7 @@ class ModelBenchRow:
     ckpt_blocks: int
     """Video-tower blocks checkpointed (0 without checkpointing)."""
     compiled: bool
+    activation_memory_budget: float | None
     fused_optimizer: bool
     """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`)."""
     width: int
@@ -235,12 +247,14 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None, compile: bool = False
-    ) -> None:
+        self, cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None, compile: bool = False,
+        memory_budget: float | None = None,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
         self.device = device
         self.amp_dtype = amp_dtype
         self.compiled = compile
+        self.memory_budget = memory_budget
         self.model = DualEncoder(cfg).to(device).train()
         # One fused kernel for the whole update (CUDA and CPU) instead of a dozen per parameter tensor.
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
@@ -272,7 +286,13 @@ class Trainer:
         return _synthetic_batch(self.cfg, size, self.device)
 
     def step(self, video: torch.Tensor, text: torch.Tensor) -> None:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+        # The budget is read when the graph is partitioned, at the first (compiling) call: setting it
+        # around every call keeps it out of global state without missing that moment.
+        budget = {} if self.memory_budget is None else {"activation_memory_budget": self.memory_budget}
+        with (
+            torch._functorch.config.patch(**budget),
+            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
+        ):
             loss = self.forward_loss(self.model, video, text)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -423,7 +443,7 @@ def _measure(
         model_cfg = _fit_checkpoint_blocks(cfg, model_cfg, device, amp_dtype)
     video_cfg = model_cfg.video
     torch.manual_seed(cfg.seed)
-    trainer = Trainer(model_cfg, device, amp_dtype, compile=cfg.compile)
+    trainer = Trainer(model_cfg, device, amp_dtype, compile=cfg.compile, memory_budget=cfg.activation_memory_budget)
     size = cfg.batch_size or largest_batch(trainer.fits, cfg.max_batch_size, cfg.search_granularity)
     if size == 0:
         raise RuntimeError(f"{arch}/{variant}: not even one video fits in memory")
@@ -442,6 +462,7 @@ def _measure(
         grad_checkpointing=video_cfg.grad_checkpointing,
         ckpt_blocks=ckpt_blocks if video_cfg.grad_checkpointing else 0,
         compiled=cfg.compile,
+        activation_memory_budget=cfg.activation_memory_budget,
         fused_optimizer=trainer.fused_optimizer,
         width=video_cfg.width,
         layers=video_cfg.layers,

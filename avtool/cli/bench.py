@@ -370,6 +370,14 @@ def bench_model(
     compile: Annotated[
         bool, typer.Option(help="torch.compile forward and loss (needs --batch-size; compiling takes minutes).")
     ] = False,
+    activation_memory_budget: Annotated[
+        float,
+        typer.Option(
+            help="With --compile: fraction (0-1] of the activations of a run without recomputation that the "
+            "compiler may keep, choosing itself what to recompute (an alternative to --variant grad-ckpt); "
+            "0: off."
+        ),
+    ] = 0.0,
     fast_conv1: Annotated[
         bool, typer.Option(help="Patch embedding as one matmul on unfolded cubes (AVION's fast conv1).")
     ] = False,
@@ -428,7 +436,8 @@ def bench_model(
     cfg = ModelBenchConfig(
         model=dataclasses.replace(base, video=video, text=text), archs=archs, variants=tuple(variant or VARIANTS),
         flash_impl=attn, ckpt_blocks=_parse_ckpt_blocks(ckpt_blocks), compile=compile,
-        batch_size=batch_size or None, max_batch_size=max_batch_size, search_granularity=granularity,
+        activation_memory_budget=activation_memory_budget or None, batch_size=batch_size or None,
+        max_batch_size=max_batch_size, search_granularity=granularity,
         memory_limit_gb=memory_limit_gb or None, warmup_steps=warmup_steps, steps=steps, device=device,
         amp_dtype=dtype, peak_tflops=peak_tflops or None, seed=seed,
     )  # fmt: skip
