@@ -150,3 +150,19 @@ def test_cli_bench_decode_and_plot_fig5(chunked_sample, tmp_path):
         result = subprocess.run([*cmd, "bench", "decode", str(tmp_path / "missing"), flag, str(tmp_path), "--tiny"],
                                 capture_output=True, text=True)  # fmt: skip
         assert result.returncode != 0 and "no such folder" in result.stderr
+
+
+def test_the_ceiling_task_runs_in_the_same_pools_and_every_row_gets_its_scaling(chunked_sample, tmp_path):
+    cfg = replace(DecodeBenchConfig.tiny(chunked_sample), backends=("pyav",), modes=("fused",), accesses=("seek",),
+                  seconds=0.5, ceiling=True)  # fmt: skip
+    result = run_decode_bench(cfg)
+    assert [r["procs"] for r in result.ceiling_rows] == [1, 2]
+    assert {r["backend"] for r in result.ceiling_rows} == {"zlib-inflate"}
+    for rows in (result.rows, result.ceiling_rows):
+        single, pair = rows
+        assert single["scaling"] == 1.0
+        assert pair["scaling"] == pytest.approx(pair["throughput"] / (2 * single["throughput"]), abs=0.002)
+        assert all(r["videos"] > 0 and r["cpu_ms_per_video"] > 0 for r in rows)
+    names = {p.name for p in write_decode_results(tmp_path, result, cfg)}
+    assert {"decode.csv", "decode-ceiling.csv", "decode-ceiling.json"} <= names
+    assert "zlib-inflate" not in pd.read_csv(tmp_path / "decode.csv")["backend"].tolist()  # Fig. 5 rows only

@@ -130,7 +130,7 @@ def bench_decode(
     seconds: Annotated[
         float,
         typer.Option(
-            help="Time budget per row: every process decodes clips for this long (the same time for fast and slow "
+            help="Time budget per row, seconds: every process decodes clips this long (the same time for fast and slow "
             "rows, no idle processes at the end); 0 decodes the --videos clips once, split among the processes."
         ),
     ] = 0.0,

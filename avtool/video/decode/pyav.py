@@ -95,7 +95,7 @@ class PyAVDecoder:
         self, read: ChunkRead, wanted: list[int], crop: Crop, size: int, stage: StageTimes, seek: bool
     ) -> dict[int, np.ndarray]:
         t = perf_counter()
-        container = _open(read, None)  # demuxing only: the decoder is this object's own, kept across chunks
+        container = _open(read)  # demuxing only: the decoder is this object's own, kept across chunks
         try:
             stream = container.streams.video[0]
             context = self._context_for(stream)
@@ -292,11 +292,11 @@ class PyAVDecoder:
         return context
 
     def _nvdec(self) -> HWAccel | None:
-        """Settings to open containers on NVDEC, or None once NVDEC proved unusable (CPU fallback).
+        """Settings to create NVDEC decoders with, or None once NVDEC proved unusable (CPU fallback).
 
-        FFmpeg creates a device context for every opened container; with ``primary_ctx`` they all
-        share CUDA's primary context, which one kept-alive context holds open, so opening a chunk
-        does not pay for a new CUDA context each time."""
+        FFmpeg creates a device context for every decoder; with ``primary_ctx`` they all share
+        CUDA's primary context, which one kept-alive context holds open (and which creating it here
+        proves usable), so a new decoder does not pay for a new CUDA context."""
         if self._hw_failure is not None:
             return None
         if self._hw_keepalive is None:
@@ -347,11 +347,10 @@ PROBE_OPTIONS = {"skip_frame": "all"}
 PROBE_CONTAINER_OPTIONS = {"analyzeduration": "100000"}
 
 
-def _open(read: ChunkRead, hwaccel: HWAccel | None) -> av.container.InputContainer:
+def _open(read: ChunkRead) -> av.container.InputContainer:
     source = io.BytesIO(read.source) if isinstance(read.source, bytes) else str(read.source)
     try:
-        container = av.open(source, options=PROBE_OPTIONS, container_options=PROBE_CONTAINER_OPTIONS,
-                            hwaccel=hwaccel)  # fmt: skip
+        container = av.open(source, options=PROBE_OPTIONS, container_options=PROBE_CONTAINER_OPTIONS)
     except FileNotFoundError:
         raise AvtoolError(f"{read.label}: chunk file missing") from None
     except av.error.InvalidDataError as e:
