@@ -7,7 +7,10 @@ import importlib.metadata
 import os
 import platform
 import socket
+import subprocess
+from pathlib import Path
 
+import avtool
 from avtool.errors import AvtoolError
 from avtool.video.ffmpeg import ffmpeg_exe, ffmpeg_version
 
@@ -17,6 +20,22 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _source_revision() -> str | None:
+    """The git commit avtool runs from (``+dirty`` with uncommitted changes), when it runs from a
+    checkout: a benchmark row then names the exact code that measured it. None for an installed wheel."""
+    package = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=5)  # fmt: skip
+        if head.returncode != 0:
+            return None
+        status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no", "."],
+                                capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def _cpu_model() -> str:
@@ -99,7 +118,8 @@ def collect_environment() -> dict:
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "avtool": _version("avtool"),
+        "avtool": _version("avtool") or avtool.__version__,
+        "avtool_commit": _source_revision(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "av": _version("av"),

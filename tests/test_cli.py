@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -36,6 +37,11 @@ def test_env_json_reports_versions_and_hardware():
     assert info["cpu_count"] >= 1 and info["ffmpeg_version"].startswith("ffmpeg version")
     assert set(info["sdpa_backends"]) == {"math", "flash", "efficient", "cudnn"}
     assert info["av"] and info["decord"] and info["open_clip"]
+    # Run from this checkout, a result names the commit that measured it (a wheel install gives None).
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent)  # fmt: skip
+    if head.returncode == 0:
+        assert info["avtool_commit"].removesuffix("+dirty") == head.stdout.strip()
 
 
 def test_bad_option_value_is_one_line_error(tmp_path):
