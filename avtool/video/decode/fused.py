@@ -9,7 +9,7 @@ Where the time goes (x86, the FFmpeg that PyAV 18 ships, 288p chunks, 224² outp
   directly.
 - An swscale context costs ~0.05-0.1 ms to set up for new sizes, which ``frame.to_ndarray(format=...)``
   pays on every frame (each new frame gets a new context): the size²→RGB context is kept for the
-  decoder's life, the crop→size² one for a clip.
+  converter's life, the crop→size² one is set up again only when the crop size changes (once a clip).
 - Scaling and converting in one swscale call (yuv420p → rgb24 at another size) takes its C path
   (~0.25 ms); scaling in YUV (~0.07 ms) and then converting size² pixels unscaled (SIMD, ~0.02 ms)
   is faster; the RGB frame and its mirror are numpy views that the caller's stack copies once.
