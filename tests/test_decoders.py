@@ -201,3 +201,28 @@ def test_augment_flip_and_jitter_are_per_clip_and_seeded():
     assert all(r.max() - r.min() < 1e-3 for r in per_clip)
     with pytest.raises(AvtoolError, match=r"\(B, T, H, W, 3\)"):
         augment_batch(torch.zeros(2, 3, 4, 8, 8, dtype=torch.uint8))
+
+
+def _decode_in_child(decoder, read, crop, out) -> None:
+    out.put(decoder.decode(read, crop, 64))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_forked_worker_does_not_reuse_its_parents_decoders(chunk, threads):
+    # Data-loader workers are forked from a process that may have decoded already; a frame-threaded
+    # decoder inherited that way waits forever on threads the child does not have.
+    import multiprocessing as mp
+
+    decoder = make_decoder(DecoderConfig(threads=threads))
+    expected = decoder.decode(chunk, CROP, 64)  # leaves a decoder in the cache
+    context = mp.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_decode_in_child, args=(decoder, chunk, CROP, out), daemon=True)
+    child.start()
+    child.join(timeout=60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+    np.testing.assert_array_equal(out.get(timeout=10), expected)
+    np.testing.assert_array_equal(decoder.decode(chunk, CROP, 64), expected)  # the parent's cache still works

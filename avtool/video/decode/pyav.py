@@ -13,6 +13,7 @@ fallback to another frame.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Callable
 from time import perf_counter
@@ -47,6 +48,12 @@ class PyAVDecoder:
         """Fused mode: one crop graph and scaler per frame geometry, reused across chunks and clips."""
         self._contexts: dict[tuple, av.CodecContext] = {}
         """Decoders by stream parameters, least recently used first (see ``_context_for``)."""
+        self._owner = os.getpid()
+        """The process the decoders in ``_contexts`` were made in."""
+        self._inherited: list[av.CodecContext] = []
+        """Decoders a forked process (a data-loader worker) inherited with this object: never used nor
+        freed there, since a frame-threaded or NVDEC decoder would wait on threads or a CUDA context
+        that the child does not have."""
         self._to_rgb: VideoReformatter | None = None
         """Decode-then-crop mode: one swscale context for full frames (``frame.to_ndarray(format=…)``
         would set up a new one for every frame, ~0.1 ms each)."""
@@ -267,6 +274,9 @@ class PyAVDecoder:
         opening a decoder per chunk costs ~1 ms on the CPU, and on NVDEC a new hardware decoder
         session of ~0.25 s that the driver serialises across processes (measured on the H200 host:
         3.5 clips/s per process when every chunk opened its own)."""
+        if os.getpid() != self._owner:  # forked since the decoders were made: start afresh
+            self._inherited += self._contexts.values()
+            self._contexts, self._owner = {}, os.getpid()
         source = stream.codec_context
         key = (source.name, bytes(source.extradata or b""), source.width, source.height)
         context = self._contexts.pop(key, None)
@@ -320,7 +330,8 @@ class PyAVDecoder:
     def __getstate__(self) -> dict:
         # The CUDA device context belongs to this process, filter graphs and swscale contexts cannot
         # be pickled: a worker that unpickles the decoder makes its own.
-        return {**self.__dict__, "_hw_keepalive": None, "_fused": {}, "_to_rgb": None, "_contexts": {}}
+        return {**self.__dict__, "_hw_keepalive": None, "_fused": {}, "_to_rgb": None, "_contexts": {},
+                "_inherited": []}  # fmt: skip
 
 
 # Decoders kept per PyAV decoder object (one per data-loader worker): enough for the videos of
