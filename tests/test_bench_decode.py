@@ -117,12 +117,32 @@ def test_a_worker_that_never_reports_fails_the_row_instead_of_hanging():
     context = mp.get_context("spawn")
     sleeper = context.Process(target=time.sleep, args=(30,), daemon=True)
     sleeper.start()
+    progress = context.Array("q", 1, lock=False)
     begin = time.monotonic()
-    with pytest.raises(AvtoolError, match="did not report within 1 s"):
-        _collect(context.Queue(), [sleeper], timeout=1.0)
+    with pytest.raises(AvtoolError, match="no clip decoded and no worker reported for 2 s"):
+        _collect(context.Queue(), [sleeper], progress, stall_s=2.0)
     assert time.monotonic() - begin < 10
     sleeper.join(timeout=5)
     assert not sleeper.is_alive()  # killed, not left behind
+
+
+def _slow_but_steady(progress, results) -> None:
+    for k in range(6):
+        time.sleep(0.5)
+        progress[0] = k + 1
+    results.put({"done": True})
+
+
+def test_a_slow_worker_that_keeps_finishing_clips_is_not_a_stall():
+    import multiprocessing as mp
+
+    from avtool.bench.decode import _collect
+
+    context = mp.get_context("fork")
+    progress, results = context.Array("q", 1, lock=False), context.Queue()
+    worker = context.Process(target=_slow_but_steady, args=(progress, results), daemon=True)
+    worker.start()
+    assert _collect(results, [worker], progress, stall_s=1.5) == [{"done": True}]  # 3 s in all
 
 
 def test_nvdec_rows_run_in_spawned_workers_and_report_where_they_decoded(chunked_sample):

@@ -235,10 +235,11 @@ def _full_chunks(videos: list[ChunkedVideo]) -> list[tuple[ChunkedVideo, int]]:
 
 
 # A worker that has not reached the start line by then is stuck (a CUDA context that never comes
-# up, say): the row fails with a message instead of the run hanging.
+# up, say): the others stop waiting and report it.
 START_TIMEOUT_S = 300.0
-# With a time budget, a clip still unfinished this long after the budget is a hang, not a slow clip.
-OVERRUN_S = 300.0
+# No clip finished and no report arrived for this long: a worker hangs (a decoder stuck in a bad
+# stream, a start that never ends), and the row fails with a message instead of the run hanging.
+STALL_S = 300.0
 
 
 def measure_pool(
@@ -255,18 +256,20 @@ def measure_pool(
     context = mp.get_context("fork" if fork else "spawn")
     barrier = context.Barrier(procs)
     results = context.Queue()
+    progress = context.Array("q", procs, lock=False)  # clips done by each worker, for stall detection
     if seconds is None:
         shares = [items[r::procs] * repeats for r in range(procs)]
     else:
         shares = [_rotate(items, r * len(items) // procs) for r in range(procs)]
     workers = [
-        context.Process(target=_worker, args=(share, decoder, size, barrier, results, seconds), daemon=True)
-        for share in shares
+        context.Process(
+            target=_worker, args=(share, decoder, size, barrier, results, seconds, progress, slot), daemon=True
+        )  # fmt: skip
+        for slot, share in enumerate(shares)
     ]
     for w in workers:
         w.start()
-    timeout = None if seconds is None else START_TIMEOUT_S + seconds + OVERRUN_S
-    reports = _collect(results, workers, timeout)
+    reports = _collect(results, workers, progress)
     # The worker that failed first says why; the others only saw the start line break.
     errors = sorted((r.get("waiting", False), r["error"]) for r in reports if r.get("error"))
     if errors:
@@ -304,17 +307,21 @@ def _rotate(items: list, start: int) -> list:
     return items[start:] + items[:start]
 
 
-def _collect(results, workers, timeout: float | None = None) -> list[dict]:
-    """One report per worker; a worker that dies without reporting (a crash in a decoder), or no
-    report within ``timeout`` seconds, is an error, and the remaining workers are killed."""
+def _collect(results, workers, progress=None, stall_s: float = STALL_S) -> list[dict]:
+    """One report per worker. A worker that dies without reporting (a crash in a decoder) is an
+    error, and so is a stall: ``stall_s`` seconds without a report and without a clip finished by any
+    worker (``progress`` holds each worker's count). On error the remaining workers are killed."""
     reports = []
-    deadline = None if timeout is None else time.monotonic() + timeout
+    done, active = -1, time.monotonic()
     while len(reports) < len(workers):
         try:
             reports.append(results.get(timeout=1.0))
+            active = time.monotonic()
             continue
         except queue.Empty:
             pass
+        if progress is not None and sum(progress) != done:
+            done, active = sum(progress), time.monotonic()
         dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
         problem = f"a benchmark worker died (exit code {dead[0].exitcode})" if dead else None
         if problem is None and all(not w.is_alive() for w in workers):
@@ -323,8 +330,8 @@ def _collect(results, workers, timeout: float | None = None) -> list[dict]:
                 continue
             except queue.Empty:
                 problem = "benchmark workers exited without reporting"
-        if problem is None and deadline is not None and time.monotonic() > deadline:
-            problem = f"benchmark workers did not report within {timeout:.0f} s (a decoder hung?)"
+        if problem is None and time.monotonic() - active > stall_s:
+            problem = f"no clip decoded and no worker reported for {stall_s:.0f} s (a decoder hung?)"
         if problem is not None:
             for w in workers:
                 w.kill()
@@ -335,10 +342,11 @@ def _collect(results, workers, timeout: float | None = None) -> list[dict]:
 
 
 def _worker(
-    items: list[BenchItem], config: DecoderConfig | None, size: int, barrier, results, seconds: float | None
-) -> None:
+    items: list[BenchItem], config: DecoderConfig | None, size: int, barrier, results, seconds: float | None,
+    progress, slot: int,
+) -> None:  # fmt: skip
     """One pool process: warm up, wait for the others, decode (its share, or until the budget is
-    spent), report its latencies, stage times and CPU time."""
+    spent) counting clips in ``progress[slot]``, report its latencies, stage times and CPU time."""
     try:
         import torch
 
@@ -357,6 +365,7 @@ def _worker(
             t = time.perf_counter()
             decoder.decode(item.read, item.crop, size, times)
             latencies.append(time.perf_counter() - t)
+            progress[slot] = k + 1
             if deadline is not None and latencies[-1] + t >= deadline:
                 break
         end = time.perf_counter()
