@@ -23,19 +23,26 @@ def _version(package: str) -> str | None:
 
 
 def _source_revision() -> str | None:
-    """The git commit avtool runs from (``+dirty`` with uncommitted changes), when it runs from a
-    checkout: a benchmark row then names the exact code that measured it. None for an installed wheel."""
+    """The git commit of the avtool checkout this package runs from (``+dirty`` with uncommitted
+    changes to tracked files anywhere in it, benchmarks/ included): a benchmark row then names the
+    exact code that measured it. None for an installed copy, even one inside some other repository."""
     package = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=5)  # fmt: skip
-        if head.returncode != 0:
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(package.parent), *args], capture_output=True, text=True,
+                                  timeout=5)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
             return None
-        status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--untracked-files=no", "."],
-                                capture_output=True, text=True, timeout=5)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != package.parent or not (package.parent / "pyproject.toml").is_file():
         return None
-    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+    head, status = git("rev-parse", "--short=12", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    if head is None or status is None:
+        return None
+    return head + ("+dirty" if status else "")
 
 
 def _cpu_model() -> str:

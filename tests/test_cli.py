@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,18 @@ def test_bad_option_value_is_one_line_error(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--shard" in result.stderr
+
+
+def test_an_installed_copy_inside_another_repository_names_no_commit(tmp_path):
+    import shutil
+
+    import avtool
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("site/\n")
+    shutil.copytree(Path(avtool.__file__).parent, tmp_path / "site" / "avtool")
+    code = "import avtool.env as e; print(e.__file__); print(e._source_revision())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})  # fmt: skip
+    path, revision = result.stdout.split()
+    assert path.startswith(str(tmp_path)) and revision == "None"
