@@ -156,7 +156,13 @@ def bench_decode(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of clip positions and crops.")] = 0,
-    tiny: Annotated[bool, typer.Option(help="A few-second setting (6 videos, M=1,2) for a first look and CI.")] = False,
+    tiny: Annotated[
+        bool,
+        typer.Option(
+            help="A few-second setting for a first look and CI: 6 videos, M=1,2, PyAV and decord; keeps --seconds "
+            "and --ceiling, ignores the other sizes."
+        ),
+    ] = False,
     output: Annotated[Path, typer.Option(help="Folder for decode.csv/json (and decode-chunk-length.csv/json).")] = Path(
         "results"
     ),
@@ -170,7 +176,8 @@ def bench_decode(
     from avtool.bench.decode import DecodeBenchConfig, run_decode_bench, write_decode_results
 
     if tiny:
-        cfg = dataclasses.replace(DecodeBenchConfig.tiny(root, sources=chunk_len_compare), ceiling=ceiling)
+        cfg = dataclasses.replace(DecodeBenchConfig.tiny(root, sources=chunk_len_compare), ceiling=ceiling,
+                                  seconds=seconds or None)  # fmt: skip
     else:
         cfg = DecodeBenchConfig(
             root=root, videos=videos, frames=frames, size=size, procs=_ints(procs), backends=_names(backends),
