@@ -52,9 +52,7 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
         )  # fmt: skip
 
     cap = {"ckpt_blocks": "auto", "memory_limit_gb": large * GOAL_MB_PER_VIDEO / 1e3}
-    tag = {"eager": "", "bf16-residual": " bf16-res", "compiled": " bf16-res+compile", "budget": " bf16-res+compile"}[
-        suite
-    ]
+    tag = {"eager": "", "bf16-residual": " bf16-res"}.get(suite, " bf16-res+compile")
     configs = {
         "eager": [
             (f"B{small} math", make("baseline", "flash", small)),

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,10 @@ def add_scaling(rows: list[dict]) -> None:
         r["scaling"] = round(r["throughput"] / (r["procs"] * base), 3) if base else None
 
 
+CEILING_BACKEND = "zlib-inflate"
+"""The ``backend`` of the ceiling rows."""
+
+
 class InflateTask:
     """The ceiling measurement's work item, in a decoder's clothes: inflate 4 MiB that zlib deflated
     (pure single-threaded C over a few MiB, like entropy decoding; 20-30 ms per item measured on the dev
@@ -182,18 +187,15 @@ class InflateTask:
     config = None
 
     def __init__(self) -> None:
-        import zlib
-
         rng = np.random.default_rng(0)
         self._blob = zlib.compress(rng.integers(0, 16, 4 << 20, dtype=np.uint8).tobytes(), 6)
 
     def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> None:
-        import zlib
-
         t = time.perf_counter()
         zlib.decompress(self._blob)
         if times is not None:
-            times.add(StageTimes(decode=time.perf_counter() - t, total=time.perf_counter() - t, reads=1))
+            elapsed = time.perf_counter() - t
+            times.add(StageTimes(decode=elapsed, total=elapsed, reads=1))
 
 
 def load_items(cfg: DecodeBenchConfig) -> list[BenchItem]:
@@ -282,7 +284,7 @@ def measure_pool(
         times.add(r["times"])
     n = len(latencies)
     row = {
-        "backend": "zlib-inflate" if decoder is None else decoder.backend,
+        "backend": CEILING_BACKEND if decoder is None else decoder.backend,
         "mode": "-" if decoder is None else decoder.mode,
         "access": "-" if decoder is None else decoder.access,
         "procs": procs,
@@ -320,8 +322,8 @@ def _collect(results, workers, progress=None, stall_s: float = STALL_S) -> list[
             continue
         except queue.Empty:
             pass
-        if progress is not None and sum(progress) != done:
-            done, active = sum(progress), time.monotonic()
+        if progress is not None and (finished := sum(progress)) != done:
+            done, active = finished, time.monotonic()
         dead = [w for w in workers if not w.is_alive() and w.exitcode not in (0, None)]
         problem = f"a benchmark worker died (exit code {dead[0].exitcode})" if dead else None
         if problem is None and all(not w.is_alive() for w in workers):

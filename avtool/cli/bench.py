@@ -173,7 +173,7 @@ def bench_decode(
     import pandas as pd
 
     from avtool.atomic import atomic_write_text
-    from avtool.bench.decode import DecodeBenchConfig, run_decode_bench, write_decode_results
+    from avtool.bench.decode import CEILING_BACKEND, DecodeBenchConfig, run_decode_bench, write_decode_results
 
     if tiny:
         cfg = dataclasses.replace(DecodeBenchConfig.tiny(root, sources=chunk_len_compare), ceiling=ceiling,
@@ -198,7 +198,7 @@ def bench_decode(
         if not rows:
             console.print("  " + "  ".join(columns), highlight=False)
         console.print("  " + "  ".join(cells(row)), highlight=False)  # progress, above the spinner
-        if row["backend"] != "zlib-inflate":  # the ceiling rows get their own file at the end
+        if row["backend"] != CEILING_BACKEND:  # the ceiling rows get their own file at the end
             rows.append(row)
             output.mkdir(parents=True, exist_ok=True)
             atomic_write_text(output / "decode.csv", pd.DataFrame(rows).to_csv(index=False))
