@@ -26,7 +26,7 @@ from avtool.models import DualEncoderConfig
 from avtool.results import write_results
 
 GOAL_MB_PER_VIDEO = 61.0
-SUITES = ("eager", "bf16-residual", "compiled", "budget")
+SUITES = ("eager", "bf16-residual", "compiled", "budget", "selective", "autotune")
 
 
 def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> list[tuple[str, ModelBenchConfig]]:
@@ -38,11 +38,15 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     fewest checkpointed blocks that fit B=large in the whole GPU (searched eagerly, so conservative).
     `budget`: compiled as above but without per-block checkpointing: the compiler's partitioner picks
     what to recompute under an activation memory budget (fractions of a run that recomputes nothing).
+    `selective`: the compiled best of per-block checkpointing, then the last block left unchecked (its
+    activations are consumed first, so it should cost little memory at the peak), then the last k
+    checkpointed blocks keeping their attention outputs (selective checkpointing). `autotune`: the best of
+    those within 61 MB/video (all but two blocks keep their attention) with max-autotune-no-cudagraphs.
     """
 
     def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
         low = suite != "eager"
-        compiled = suite in ("compiled", "budget")
+        compiled = suite in ("compiled", "budget", "selective", "autotune")
         video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low)
         text = dataclasses.replace(base.model.text, low_precision_residual=low)
         model = dataclasses.replace(base.model, video=video, text=text)
@@ -53,6 +57,14 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
 
     cap = {"ckpt_blocks": "auto", "memory_limit_gb": large * GOAL_MB_PER_VIDEO / 1e3}
     tag = {"eager": "", "bf16-residual": " bf16-res"}.get(suite, " bf16-res+compile")
+    best = f"B{large} cudnn+ckpt fast-conv1"
+    layers = base.model.video.layers
+    some = max(1, layers // 3)  # ViT-B: 4 blocks, ~5 MB/video, about the headroom under 61 MB/video
+
+    def selective(blocks: int, keep: int) -> tuple[str, ModelBenchConfig]:
+        name = best + (f" ckpt{blocks}" if blocks < layers else "") + (f" keep-attn{keep}" if keep else "") + tag
+        return name, make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_blocks=blocks, ckpt_keep_attention=keep)
+
     configs = {
         "eager": [
             (f"B{small} math", make("baseline", "flash", small)),
@@ -81,6 +93,17 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             (f"B{large} cudnn fast-conv1 budget {b:g}{tag}",
              make("flash-attn", "cudnn", large, fast_conv1=True, activation_memory_budget=b))
             for b in (0.2, 0.1)
+        ],
+        "selective": list(dict(
+            selective(blocks, keep)
+            for blocks, keep in ((layers, 0), (layers - 1, 0), (layers, layers), (layers, some), (layers, 2 * some),
+                                 (layers, layers - 2), (layers, layers - 1), (layers - 1, some))
+            if 0 <= keep <= blocks
+        ).items()),
+        "autotune": [
+            (f"{best} keep-attn{layers - 2} max-autotune{tag}",
+             make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2,
+                  compile_mode="max-autotune-no-cudagraphs")),
         ],
     }[suite]  # fmt: skip
     if not torch.cuda.is_available():  # the block search needs CUDA out-of-memory errors
@@ -131,12 +154,48 @@ def profile(cfg: ModelBenchConfig, out: Path, steps: int = 3) -> None:
     print("\n".join(lines[:6]), flush=True)
 
 
+def memory_split(name: str, cfg: ModelBenchConfig, out: Path) -> None:
+    """Where a training step's memory peaks, MB per video (allocated, MB = 10⁶ B): before the step
+    (weights, AdamW state, the batch), after forward (what is kept for backward), and the peak of each
+    phase; appended to out/memory.txt. CUDA only."""
+    device = cfg.resolved_device()
+    amp = None if cfg.amp_dtype == "none" or device.type == "cpu" else getattr(torch, cfg.amp_dtype)
+    trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, amp, compile=cfg.compile,
+                      compile_mode=cfg.compile_mode)  # fmt: skip
+    video, text = trainer.batch(cfg.batch_size)
+    for _ in range(2):
+        trainer.step(video, text)
+    torch.cuda.synchronize(device)
+
+    def mb(allocated: int) -> str:
+        return f"{allocated / 1e6 / cfg.batch_size:7.1f}"
+
+    lines = [
+        f"{name}: {cfg.batch_size} videos/step, MB per video",
+        f"  before the step      {mb(torch.cuda.memory_allocated(device))}",
+    ]
+    torch.cuda.reset_peak_memory_stats(device)
+
+    def phase_done(phase: str) -> None:
+        torch.cuda.synchronize(device)
+        peak, now = torch.cuda.max_memory_allocated(device), torch.cuda.memory_allocated(device)
+        lines.append(f"  peak in {phase:12s} {mb(peak)}   after it {mb(now)}")
+        torch.cuda.reset_peak_memory_stats(device)
+
+    trainer.step(video, text, on_phase=phase_done)
+    trainer.close()
+    with open(out / "memory.txt", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for goals.csv/.json and profile.txt")
     parser.add_argument("--suite", action="append", choices=SUITES, help="suites to run, in order (default: all)")
     parser.add_argument("--only", action="append", help="run only the rows of this name (repeatable)")
     parser.add_argument("--profile", metavar="NAME", help="profile the configuration of the row of this name")
+    parser.add_argument("--memory", metavar="NAME", action="append", help="memory by phase of this row (repeatable)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
     parser.add_argument("--tiny", action="store_true", help="tiny towers on the CPU (checks the script)")
     args = parser.parse_args()
@@ -174,13 +233,25 @@ def main() -> None:
         r = row
         print(
             f"{name:36s} {r.videos_per_second:8.1f} vid/s  {r.mb_per_video or 0:6.1f} MB/video  "
-            f"ckpt {r.ckpt_blocks:2d}  {r.tflops:6.1f} TFLOP/s  MFU {r.mfu or 0:.1%}  HFU {r.hfu or 0:.1%}  "
+            f"ckpt {r.ckpt_blocks:2d} keep {r.ckpt_keep_attention:2d}  {r.tflops:6.1f} TFLOP/s  "
+            f"MFU {r.mfu or 0:.1%}  HFU {r.hfu or 0:.1%}  "
             f"({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
 
+    named = dict(every)
+    for name in args.memory or []:
+        if name not in named:
+            raise SystemExit(f"--memory {name!r} names no row of the suites; they are: {', '.join(named)}")
+        if not torch.cuda.is_available():
+            print(f"--memory {name!r}: skipped, it needs CUDA", flush=True)
+            continue
+        try:
+            memory_split(name, named[name], args.out)
+        except Exception:
+            traceback.print_exc()
+
     if args.profile:
-        named = dict(every)
         if args.profile not in named:
             raise SystemExit(f"--profile {args.profile!r} names no row of the suites; they are: {', '.join(named)}")
         try:

@@ -38,8 +38,8 @@ def test_memory_bench_writes_a_row_per_variant(tmp_path):
 
 
 def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
-    args = [*TINY_MODEL, "--layers", "3", "--ckpt-blocks", "1", "--peak-tflops", "0.5", "--low-precision-residual",
-            "--output", str(tmp_path)]  # fmt: skip
+    args = [*TINY_MODEL, "--layers", "3", "--ckpt-blocks", "1", "--ckpt-keep-attention", "1", "--peak-tflops", "0.5",
+            "--low-precision-residual", "--output", str(tmp_path)]  # fmt: skip
     result = runner.invoke(app, [*args, "--name", "tiny"])
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(tmp_path / "tiny.csv").set_index("variant")
@@ -49,11 +49,12 @@ def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
     # MFU is the model FLOP rate over the given peak; HFU also counts the recomputed block.
     assert rows["mfu"].to_numpy() == pytest.approx((rows["tflops"] / 0.5).to_numpy(), rel=0.02)
     assert rows.loc["grad-ckpt", "hfu"] > rows.loc["grad-ckpt", "mfu"]
-    assert rows.loc["flash-attn", "hfu"] == rows.loc["flash-attn", "mfu"]
+    assert rows.loc["baseline", "hfu"] == rows.loc["baseline", "mfu"]
+    assert rows.loc["grad-ckpt", "ckpt_keep_attention"] == 1 and rows.loc["flash-attn", "ckpt_keep_attention"] == 0
     config = json.loads((tmp_path / "tiny.json").read_text())["config"]
     assert config["ckpt_blocks"] == 1 and config["batch_size"] == 2 and config["amp_dtype"] == "bfloat16"
     assert config["model"]["video"]["low_precision_residual"] and config["model"]["text"]["low_precision_residual"]
-    assert "1/3" in result.output  # the table shows checkpointed/total blocks
+    assert "1/3, 1 keep attn" in result.output  # the table shows checkpointed/total blocks
 
 
 def test_defaults_are_the_papers_setting():

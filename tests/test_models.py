@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
 from avtool.models import (
@@ -175,6 +176,51 @@ def test_grad_checkpointing_gives_the_same_gradients(arch: str) -> None:
         assert got.keys() == ref.keys()
         for name in ref:
             torch.testing.assert_close(got[name], ref[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+class _CountAttentionKernels(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("arch", ["vit", "timesformer"])
+def test_blocks_that_keep_their_attention_do_not_recompute_it_and_give_the_same_gradients(arch: str) -> None:
+    attentions_per_block = 2 if arch == "timesformer" else 1
+    model = build_video_tower(VideoTowerConfig.tiny(arch=arch, layers=3)).train()
+    x = video()
+    ref = _grads(model, x)
+    for blocks, keep in ((3, 0), (3, 3), (3, 1), (2, 2)):
+        model.set_grad_checkpointing(True, blocks, keep_attention=keep)
+        with _CountAttentionKernels() as counter:
+            got = _grads(model, x)
+        recomputed = blocks - keep
+        assert counter.calls == (3 + recomputed) * attentions_per_block, (blocks, keep)
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_keep_attention_is_bounded_by_the_checkpointed_blocks() -> None:
+    model = VideoViT(VideoTowerConfig.tiny(layers=3, grad_checkpointing=True, grad_checkpointing_keep_attention=2))
+    assert (model.transformer.checkpoint_blocks, model.transformer.keep_attention_blocks) == (3, 2)
+    assert [model.transformer.keeps_attention(i) for i in range(3)] == [False, True, True]  # the last ones
+    model.set_grad_checkpointing(True, 2, keep_attention=1)
+    assert [model.transformer.keeps_attention(i) for i in range(3)] == [False, True, False]
+    model.set_grad_checkpointing(True, 1, keep_attention=2)
+    assert model.transformer.keep_attention_blocks == 1
+    model.set_grad_checkpointing(False, keep_attention=2)
+    assert model.transformer.keep_attention_blocks == 0
+    for fields, expected in (
+        (dict(grad_checkpointing=True, grad_checkpointing_blocks=1, grad_checkpointing_keep_attention=2), "0..1"),
+        (dict(grad_checkpointing_keep_attention=1), "needs grad_checkpointing"),
+        (dict(grad_checkpointing=True, grad_checkpointing_keep_attention=1, attn_impl="math"), "not 'math'"),
+    ):
+        with pytest.raises(ValueError, match=expected):
+            VideoTowerConfig.tiny(layers=3, **fields)
 
 
 def test_grad_checkpointing_saves_fewer_activations() -> None:

@@ -243,7 +243,10 @@ def variant_tower(tower: VideoTowerConfig, variant: Variant, flash_impl: AttnImp
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     attn_impl = "math" if variant == "baseline" else flash_impl
     grad_ckpt = variant == "grad-ckpt"
-    return dataclasses.replace(tower, attn_impl=attn_impl, grad_checkpointing=grad_ckpt, grad_checkpointing_blocks=None)
+    return dataclasses.replace(
+        tower, attn_impl=attn_impl, grad_checkpointing=grad_ckpt, grad_checkpointing_blocks=None,
+        grad_checkpointing_keep_attention=0,
+    )  # fmt: skip
 
 
 def _per_video(small: int | None, large: int | None, videos: int) -> float | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -47,9 +48,17 @@ class ModelBenchConfig:
     """`grad-ckpt` variant: checkpoint only the first k blocks of the video tower (None: all; `auto`: the
     fewest that let batch_size fit, CUDA only). Each block left out saves its recomputation and costs its
     activations; the text tower is always checkpointed in full (its recomputation is ~1% of a step)."""
+    ckpt_keep_attention: int = 0
+    """`grad-ckpt` variant: the last k checkpointed video blocks keep their attention outputs for backward
+    (selective checkpointing, ~1.2 MB per video and block for ViT-B at 4 frames in bf16) instead of
+    recomputing the attention."""
     compile: bool = False
     """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
     Needs a fixed batch_size: every size the search tried would compile anew."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """With ``compile``: `default`, or `max-autotune-no-cudagraphs`, which times Triton matmul templates (with
+    the elementwise work after a matmul fused into it) against cuBLAS per shape and keeps the faster:
+    compiling takes several times longer."""
     activation_memory_budget: float | None = None
     """With ``compile``: let the compiler's min-cut partitioner choose what to recompute in backward,
     keeping at most this fraction (0-1] of the activations a run without recomputation keeps
@@ -119,6 +128,21 @@ class ModelBenchConfig:
                 out.append(f"ckpt_blocks={self.ckpt_blocks!r} is not 'auto' or in 0..{layers} (the video blocks)")
             if "grad-ckpt" not in self.variants:
                 out.append("ckpt_blocks applies to the grad-ckpt variant, which is not among the variants")
+        if self.ckpt_keep_attention:
+            layers = self.model.video.layers
+            kept = self.ckpt_blocks if isinstance(self.ckpt_blocks, int) else layers
+            if "grad-ckpt" not in self.variants:
+                out.append("ckpt_keep_attention applies to the grad-ckpt variant, which is not among the variants")
+            elif self.ckpt_blocks == "auto":
+                out.append("ckpt_keep_attention needs a fixed ckpt_blocks, not 'auto'")
+            elif not 0 <= self.ckpt_keep_attention <= kept:
+                out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} is outside 0..{kept} (checkpointed blocks)")
+            if self.flash_impl == "math":
+                out.append("ckpt_keep_attention needs a memory-efficient attention kernel, not 'math'")
+        if self.compile_mode not in ("default", "max-autotune-no-cudagraphs"):
+            out.append(f"compile_mode={self.compile_mode!r} is not 'default' or 'max-autotune-no-cudagraphs'")
+        elif self.compile_mode != "default" and not self.compile:
+            out.append("compile_mode needs compile")
         if self.compile and self.batch_size is None:
             out.append("compile needs a fixed batch_size: each size the search tries would compile again")
         if self.activation_memory_budget is not None:
@@ -141,7 +165,10 @@ class ModelBenchRow:
     grad_checkpointing: bool
     ckpt_blocks: int
     """Video-tower blocks checkpointed (0 without checkpointing)."""
+    ckpt_keep_attention: int
+    """Checkpointed blocks that keep their attention outputs (selective checkpointing)."""
     compiled: bool
+    compile_mode: str
     activation_memory_budget: float | None
     fused_optimizer: bool
     """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`)."""
@@ -202,28 +229,29 @@ def dense_peak_tflops(device_name: str) -> float | None:
 def train_step_flops(cfg: DualEncoderConfig, batch_size: int) -> tuple[int, int]:
     """(model, hardware) FLOPs of one training step's forward and backward at ``batch_size``.
 
-    Counted on a meta-device copy, so a ViT-B at batch 256 costs a second of CPU and no memory. The
-    attention runs as `math` there: every kernel does the same matmuls, and `math` runs on meta. Model
-    FLOPs leave checkpointing off; hardware FLOPs keep ``cfg``'s checkpointing, whose recomputed forward
-    passes the counter sees in backward (non-reentrant checkpointing stops at the last tensor backward needs,
-    so a block's final matmul is not repeated). The optimiser step is elementwise and not counted.
+    Counted on a meta-device copy, so a ViT-B at batch 256 costs a second of CPU and no memory. Model FLOPs
+    leave checkpointing off and count the attention as `math` (backward twice the forward, the usual
+    convention). Hardware FLOPs keep ``cfg``'s checkpointing, whose recomputed forward passes the counter sees
+    in backward (non-reentrant checkpointing stops at the last tensor backward needs, so a block's final
+    matmul is not repeated, and blocks that keep their attention outputs do not repeat the attention), and
+    count the attention as the configured kernel runs it (a memory-efficient backward recomputes the
+    attention matrix: 2.5× the forward). The optimiser step is elementwise and not counted.
     """
-    video_cfg = dataclasses.replace(cfg.video, attn_impl="math")
-    text_cfg = dataclasses.replace(cfg.text, attn_impl="math")
-    # The initialisers need real tensors (linspace(...).tolist()), so build on the CPU, then drop the data.
-    model = DualEncoder(dataclasses.replace(cfg, video=video_cfg, text=text_cfg)).to("meta").train()
-    video, text = _synthetic_batch(cfg, batch_size, torch.device("meta"))
-    counts = []
+    passes = []
     for checkpointing in (False, True):
-        model.video.set_grad_checkpointing(checkpointing and video_cfg.grad_checkpointing,
-                                           video_cfg.grad_checkpointing_blocks)  # fmt: skip
-        model.text.set_grad_checkpointing(checkpointing and text_cfg.grad_checkpointing)
+        video_cfg, text_cfg = cfg.video, cfg.text
+        if not checkpointing:
+            video_cfg = dataclasses.replace(video_cfg, attn_impl="math", grad_checkpointing=False,
+                                            grad_checkpointing_keep_attention=0)  # fmt: skip
+            text_cfg = dataclasses.replace(text_cfg, attn_impl="math", grad_checkpointing=False)
+        # The initialisers need real tensors (linspace(...).tolist()), so build on the CPU, then drop the data.
+        model = DualEncoder(dataclasses.replace(cfg, video=video_cfg, text=text_cfg)).to("meta").train()
+        video, text = _synthetic_batch(cfg, batch_size, torch.device("meta"))
         with FlopCounterMode(display=False) as counter:
             out = model(video, text)
             clip_loss(out.video, out.text, out.logit_scale).backward()
-        counts.append(counter.get_total_flops())
-        model.zero_grad(set_to_none=True)
-    return counts[0], counts[1]
+        passes.append(counter.get_total_flops())
+    return passes[0], passes[1]
 
 
 def _synthetic_batch(cfg: DualEncoderConfig, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +276,7 @@ class Trainer:
 
     def __init__(
         self, cfg: DualEncoderConfig, device: torch.device, amp_dtype: torch.dtype | None, compile: bool = False,
-        memory_budget: float | None = None,
+        memory_budget: float | None = None, compile_mode: str = "default",
     ) -> None:  # fmt: skip
         self.cfg = cfg
         self.device = device
@@ -267,7 +295,7 @@ class Trainer:
             # outside, where dynamo reads it as guarded state. Dynamo caches graphs per code object, and
             # every trainer shares _forward_loss's: reset, or after a few models it silently runs eagerly.
             torch._dynamo.reset()
-            self.forward_loss = torch.compile(_forward_loss)
+            self.forward_loss = torch.compile(_forward_loss, mode=None if compile_mode == "default" else compile_mode)
 
     @property
     def fused_optimizer(self) -> bool:
@@ -285,7 +313,10 @@ class Trainer:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _synthetic_batch(self.cfg, size, self.device)
 
-    def step(self, video: torch.Tensor, text: torch.Tensor) -> None:
+    def step(self, video: torch.Tensor, text: torch.Tensor, on_phase: Callable[[str], None] | None = None) -> None:
+        """One training step; ``on_phase`` (for memory probes) is called after "forward", "backward" and
+        "optimizer"."""
+        on_phase = on_phase or (lambda phase: None)
         # The budget is read when the graph is partitioned, at the first (compiling) call: setting it
         # around every call keeps it out of global state without missing that moment.
         budget = {} if self.memory_budget is None else {"activation_memory_budget": self.memory_budget}
@@ -294,10 +325,13 @@ class Trainer:
             torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
         ):
             loss = self.forward_loss(self.model, video, text)
+        on_phase("forward")
         self.scaler.scale(loss).backward()
+        on_phase("backward")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        on_phase("optimizer")
 
     def fits(self, size: int) -> bool:
         """Whether two training steps at this batch size run without running out of memory."""
@@ -320,7 +354,7 @@ class Trainer:
 
     def set_checkpoint_blocks(self, blocks: int) -> None:
         """Checkpoint the first ``blocks`` blocks of the video tower (the text tower stays as it is)."""
-        self.model.video.set_grad_checkpointing(True, blocks)
+        self.model.video.set_grad_checkpointing(True, blocks, self.cfg.video.grad_checkpointing_keep_attention)
 
     def time_steps(self, size: int, warmup: int, steps: int) -> tuple[float, float | None]:
         """Seconds per step, and peak GB on CUDA."""
@@ -400,6 +434,8 @@ def variant_model(cfg: ModelBenchConfig, arch: VideoArch, variant: Variant) -> D
     video_cfg = variant_tower(dataclasses.replace(cfg.model.video, arch=arch), variant, cfg.flash_impl)
     if video_cfg.grad_checkpointing and isinstance(cfg.ckpt_blocks, int):
         video_cfg = dataclasses.replace(video_cfg, grad_checkpointing_blocks=cfg.ckpt_blocks)
+    if video_cfg.grad_checkpointing:
+        video_cfg = dataclasses.replace(video_cfg, grad_checkpointing_keep_attention=cfg.ckpt_keep_attention)
     text_cfg = dataclasses.replace(
         cfg.model.text,
         attn_impl=video_cfg.attn_impl,
@@ -443,7 +479,10 @@ def _measure(
         model_cfg = _fit_checkpoint_blocks(cfg, model_cfg, device, amp_dtype)
     video_cfg = model_cfg.video
     torch.manual_seed(cfg.seed)
-    trainer = Trainer(model_cfg, device, amp_dtype, compile=cfg.compile, memory_budget=cfg.activation_memory_budget)
+    trainer = Trainer(
+        model_cfg, device, amp_dtype, compile=cfg.compile, memory_budget=cfg.activation_memory_budget,
+        compile_mode=cfg.compile_mode,
+    )  # fmt: skip
     size = cfg.batch_size or largest_batch(trainer.fits, cfg.max_batch_size, cfg.search_granularity)
     if size == 0:
         raise RuntimeError(f"{arch}/{variant}: not even one video fits in memory")
@@ -461,7 +500,9 @@ def _measure(
         attn_impl=video_cfg.attn_impl,
         grad_checkpointing=video_cfg.grad_checkpointing,
         ckpt_blocks=ckpt_blocks if video_cfg.grad_checkpointing else 0,
+        ckpt_keep_attention=video_cfg.grad_checkpointing_keep_attention,
         compiled=cfg.compile,
+        compile_mode=cfg.compile_mode if cfg.compile else "",
         activation_memory_budget=cfg.activation_memory_budget,
         fused_optimizer=trainer.fused_optimizer,
         width=video_cfg.width,

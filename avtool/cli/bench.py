@@ -14,7 +14,7 @@ from avtool.errors import AvtoolError
 
 if TYPE_CHECKING:  # torch and the models load lazily: `avtool --help` should not wait for torch
     from avtool.bench.memory import MemoryBenchConfig
-    from avtool.bench.model import ModelBenchConfig
+    from avtool.bench.model import ModelBenchConfig, ModelBenchRow
     from avtool.models import VideoTowerConfig
 
 bench_app = typer.Typer(help="Measure the IO, CPU and GPU bottlenecks on this machine.", no_args_is_help=True)
@@ -329,6 +329,13 @@ def bench_memory(
     console.print(f"wrote {csv_path} and {json_path}", highlight=False)
 
 
+def _ckpt_cell(row: ModelBenchRow) -> str:
+    if not row.grad_checkpointing:
+        return "–"
+    kept = f", {row.ckpt_keep_attention} keep attn" if row.ckpt_keep_attention else ""
+    return f"{row.ckpt_blocks}/{row.layers}{kept}"
+
+
 def _parse_ckpt_blocks(text: str) -> int | str | None:
     text = text.strip().lower()
     if text == "all":
@@ -374,9 +381,24 @@ def bench_model(
             "let --batch-size fit, CUDA). The text tower is always checkpointed in full."
         ),
     ] = "all",
+    ckpt_keep_attention: Annotated[
+        int,
+        typer.Option(
+            help="grad-ckpt: of the checkpointed video blocks, the last k keep their attention outputs for "
+            "backward instead of recomputing the attention (selective checkpointing; ViT-B at 4 frames: ~1.2 "
+            "MB/video per block in bf16). Needs a fixed --ckpt-blocks, blocks."
+        ),
+    ] = 0,
     compile: Annotated[
         bool, typer.Option(help="torch.compile forward and loss (needs --batch-size; compiling takes minutes).")
     ] = False,
+    compile_mode: Annotated[
+        str,
+        typer.Option(
+            help="With --compile: default, or max-autotune-no-cudagraphs (times Triton matmuls with fused "
+            "epilogues against cuBLAS per shape; compiles several times longer)."
+        ),
+    ] = "default",
     activation_memory_budget: Annotated[
         float,
         typer.Option(
@@ -442,9 +464,9 @@ def bench_model(
     text = dataclasses.replace(base.text, low_precision_residual=low_precision_residual)
     cfg = ModelBenchConfig(
         model=dataclasses.replace(base, video=video, text=text), archs=archs, variants=tuple(variant or VARIANTS),
-        flash_impl=attn, ckpt_blocks=_parse_ckpt_blocks(ckpt_blocks), compile=compile,
-        activation_memory_budget=activation_memory_budget or None, batch_size=batch_size or None,
-        max_batch_size=max_batch_size, search_granularity=granularity,
+        flash_impl=attn, ckpt_blocks=_parse_ckpt_blocks(ckpt_blocks), ckpt_keep_attention=ckpt_keep_attention,
+        compile=compile, compile_mode=compile_mode, activation_memory_budget=activation_memory_budget or None,
+        batch_size=batch_size or None, max_batch_size=max_batch_size, search_granularity=granularity,
         memory_limit_gb=memory_limit_gb or None, warmup_steps=warmup_steps, steps=steps, device=device,
         amp_dtype=dtype, peak_tflops=peak_tflops or None, seed=seed,
     )  # fmt: skip
@@ -474,7 +496,7 @@ def bench_model(
     for r in rows:
         table.add_row(
             arch_label(r.arch, r.width), r.variant, r.attn_impl,
-            f"{r.ckpt_blocks}/{r.layers}" if r.grad_checkpointing else "–", str(r.batch_size),
+            _ckpt_cell(r), str(r.batch_size),
             f"{r.videos_per_second:.1f}", "–" if r.mb_per_video is None else f"{r.mb_per_video:.0f}",
             f"{r.tflops:.4g}", _pct(r.mfu), _pct(r.hfu),
         )  # fmt: skip

@@ -6,12 +6,13 @@ open_clip weights is a rename of the attention projections only.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from avtool.models.attention import Attention, AttnImpl
 
@@ -139,11 +140,38 @@ class DividedSpaceTimeBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
 
+def _attention_kernel_ops() -> frozenset:
+    """The ATen ops behind ``scaled_dot_product_attention``'s memory-efficient kernels (those this build has)."""
+    names = (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    return frozenset(getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n))
+
+
+_ATTENTION_KERNEL_OPS = _attention_kernel_ops()
+
+
+def _keep_attention_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    # Attention is the costliest op to recompute per byte it returns (O(N²) work for an N×D output and an
+    # N-long logsumexp); everything else in the block is cheap per byte and is recomputed as usual.
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_KERNEL_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_KEEP_ATTENTION = functools.partial(create_selective_checkpoint_contexts, _keep_attention_policy)
+
+
 class Transformer(nn.Module):
     """A stack of blocks with optional activation checkpointing of the first ``checkpoint_blocks``.
 
     Checkpointing the first k rather than the last k: early activations live longest, and the last
-    blocks' activations are consumed first by backward anyway. ``low_precision_residual`` carries the
+    blocks' activations are consumed first by backward anyway. Of the checkpointed blocks, the last
+    ``keep_attention_blocks`` checkpoint selectively: they keep the outputs of their attention kernel
+    (SDPA's flash, memory-efficient or cuDNN kernels; ``math`` attention is recomputed as before), so
+    backward recomputes everything in them but the attention. The last rather than the first: the kept
+    outputs of the blocks that backward reaches first are freed first. ``low_precision_residual`` carries the
     residual stream in the autocast dtype under autocast (no effect without it).
     """
 
@@ -151,13 +179,25 @@ class Transformer(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.checkpoint_blocks = 0
+        self.keep_attention_blocks = 0
         self.low_precision_residual = low_precision_residual
 
-    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None) -> None:
-        """Checkpoint all blocks, or only the first ``blocks`` of them; ``enable=False`` turns it off."""
+    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None, keep_attention: int = 0) -> None:
+        """Checkpoint all blocks, or only the first ``blocks`` of them; ``enable=False`` turns it off.
+
+        ``keep_attention``: how many of the checkpointed blocks (the last ones, at most all checkpointed
+        ones) keep their attention outputs.
+        """
         if blocks is not None and not 0 <= blocks <= len(self.blocks):
             raise ValueError(f"blocks={blocks} is outside 0..{len(self.blocks)}")
+        if keep_attention < 0:
+            raise ValueError(f"keep_attention={keep_attention} is negative")
         self.checkpoint_blocks = (len(self.blocks) if blocks is None else blocks) if enable else 0
+        self.keep_attention_blocks = min(keep_attention, self.checkpoint_blocks)
+
+    def keeps_attention(self, block: int) -> bool:
+        """Whether block ``block`` (0-based) is checkpointed selectively, keeping its attention outputs."""
+        return self.checkpoint_blocks - self.keep_attention_blocks <= block < self.checkpoint_blocks
 
     def forward(self, x: torch.Tensor, **block_kwargs: int) -> torch.Tensor:
         device = x.device.type
@@ -168,7 +208,8 @@ class Transformer(nn.Module):
             x = x.to(torch.get_autocast_dtype(device))
         for i, block in enumerate(self.blocks):
             if i < self.checkpoint_blocks and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False, **block_kwargs)
+                policy = {"context_fn": _KEEP_ATTENTION} if self.keeps_attention(i) else {}
+                x = checkpoint(block, x, use_reentrant=False, **policy, **block_kwargs)
             else:
                 x = block(x, **block_kwargs)
         return x

@@ -48,6 +48,10 @@ class VideoTowerConfig:
     """Recompute block activations in backward instead of storing them."""
     grad_checkpointing_blocks: int | None = None
     """With grad_checkpointing, checkpoint only the first k blocks (None: all)."""
+    grad_checkpointing_keep_attention: int = 0
+    """With grad_checkpointing, the last k checkpointed blocks keep their attention kernel's outputs for
+    backward (selective checkpointing: about N·D·2 bytes per clip and block in bf16) instead of recomputing
+    the attention, the costliest op per byte to recompute. SDPA's memory-efficient kernels only."""
     fast_conv1: bool = False
     """Compute the patch embedding as one matmul on unfolded cubes (same maths as the conv)."""
     drop_path_rate: float = 0.0
@@ -83,6 +87,15 @@ class VideoTowerConfig:
         k = self.grad_checkpointing_blocks
         if k is not None and not 0 <= k <= self.layers:
             out.append(f"grad_checkpointing_blocks={k} is outside 0..layers={self.layers}")
+        keep, checkpointed = self.grad_checkpointing_keep_attention, self.layers if k is None else k
+        if not 0 <= keep <= checkpointed:
+            out.append(
+                f"grad_checkpointing_keep_attention={keep} is outside 0..{checkpointed} (the checkpointed blocks)"
+            )
+        elif keep and not self.grad_checkpointing:
+            out.append("grad_checkpointing_keep_attention needs grad_checkpointing")
+        elif keep and self.attn_impl == "math":
+            out.append("grad_checkpointing_keep_attention needs a memory-efficient attn_impl, not 'math'")
         if not 0.0 <= self.drop_path_rate < 1.0:
             out.append(f"drop_path_rate={self.drop_path_rate} is outside [0, 1)")
         if not 0.0 <= self.patch_dropout < 1.0:
@@ -159,7 +172,9 @@ class VideoViT(nn.Module):
         init_transformer_(self.transformer)
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=scale)
-        self.set_grad_checkpointing(cfg.grad_checkpointing, cfg.grad_checkpointing_blocks)
+        self.set_grad_checkpointing(
+            cfg.grad_checkpointing, cfg.grad_checkpointing_blocks, cfg.grad_checkpointing_keep_attention
+        )
 
     def _check_arch(self, cfg: VideoTowerConfig) -> None:
         if cfg.arch != self.arch:
@@ -172,8 +187,8 @@ class VideoViT(nn.Module):
     def output_dim(self) -> int:
         return self.cfg.output_dim or self.cfg.width
 
-    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None) -> None:
-        self.transformer.set_grad_checkpointing(enable, blocks)
+    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None, keep_attention: int = 0) -> None:
+        self.transformer.set_grad_checkpointing(enable, blocks, keep_attention)
 
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> (B, 1 + T/t·N, D): CLS token then frame-major patch tokens, positions added."""
