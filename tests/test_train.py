@@ -116,7 +116,8 @@ def test_train_mir_and_eval_both_checkpoints(small_sample, chunked_sample, tmp_p
     cfg = mir.MIRConfig(
         ek100=layout, pretrained_checkpoint=latest_checkpoint(pre.output_dir),
         run=RunConfig(output_dir=tmp_path / "mir", epochs=1, batch_size=2, workers=0, log_every=1),
-        model=dataclasses.replace(TINY, num_frames=4, drop_path=0.1),  # 2 -> 4 frames: interpolated
+        # 2 -> 4 frames: interpolated. Selective checkpointing in training; evaluation turns it off.
+        model=dataclasses.replace(TINY, num_frames=4, drop_path=0.1, grad_checkpointing=True, ckpt_keep_attention=1),
     )  # fmt: skip
     result = mir.run(cfg)
     assert result.last_eval is not None and 0 <= result.last_eval["mAP_avg"] <= 100
@@ -132,6 +133,16 @@ def test_train_mir_and_eval_both_checkpoints(small_sample, chunked_sample, tmp_p
         evaluate_checkpoint(
             EvalConfig(tmp_path / "mir" / "checkpoint_best.pt", layout, "cls", split="validation", workers=0)
         )
+
+
+def test_model_config_problems_of_selective_checkpointing():
+    for fields, expected in (
+        (dict(ckpt_keep_attention=-1), "at least 0"),
+        (dict(ckpt_keep_attention=1), "needs gradient checkpointing"),
+        (dict(ckpt_keep_attention=1, grad_checkpointing=True, attn="math"), "not 'math'"),
+    ):
+        assert any(expected in p for p in dataclasses.replace(TINY, **fields).problems()), expected
+    assert dataclasses.replace(TINY, grad_checkpointing=True, ckpt_keep_attention=2).problems() == []
 
 
 def _avtool(*args: str) -> subprocess.CompletedProcess:

@@ -39,6 +39,13 @@ Attn = Annotated[
     str, typer.Option(help="Attention kernel: sdpa, flash, efficient, cudnn, math (baseline), flash-attn.")
 ]
 GradCkpt = Annotated[bool, typer.Option(help="Gradient checkpointing of every block (paper §4.1).")]
+CkptKeepAttention = Annotated[
+    int,
+    typer.Option(
+        help="With checkpointing, the last k video blocks keep their attention outputs instead of recomputing "
+        "the attention (ViT-B, 4 frames: 1.25 MB per clip and block; 10 was 1.04× faster on an H200), blocks."
+    ),
+]
 FastConv1 = Annotated[bool, typer.Option(help="Patch embedding as one matmul (same maths as the conv).")]
 PatchDropout = Annotated[float, typer.Option(help="Fraction of video patch tokens dropped in training, 0-1.")]
 EmbedDim = Annotated[int, typer.Option(help="Size of the joint video-text embedding.")]
@@ -84,13 +91,15 @@ PretrainedCheckpoint = Annotated[
 
 def _model(
     name: str, pretrained: str | None, frames: int, embed_dim: int, attn: str, grad_ckpt: bool, fast_conv1: bool,
-    drop_path: float, patch_dropout: float, freeze_temperature: bool,
+    drop_path: float, patch_dropout: float, freeze_temperature: bool, ckpt_keep_attention: int,
 ) -> ModelConfig:  # fmt: skip
     from avtool.train.model_factory import ModelConfig
 
     pretrained = None if pretrained in (None, "", "none") else pretrained
-    return ModelConfig(name, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout,
-                       freeze_temperature)  # type: ignore[arg-type]  # fmt: skip
+    return ModelConfig(
+        name, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1=fast_conv1, drop_path=drop_path,
+        patch_dropout=patch_dropout, freeze_temperature=freeze_temperature, ckpt_keep_attention=ckpt_keep_attention,
+    )  # type: ignore[arg-type]  # fmt: skip
 
 
 def _decoder(backend: str, mode: str, access: str) -> DecoderConfig:
@@ -183,6 +192,7 @@ def train_lavila(
     embed_dim: EmbedDim = 256,
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
+    ckpt_keep_attention: CkptKeepAttention = 0,
     fast_conv1: FastConv1 = True,
     patch_dropout: PatchDropout = 0.0,
     freeze_temperature: Annotated[bool, typer.Option(help="Keep the temperature fixed at 0.07.")] = True,
@@ -232,7 +242,7 @@ def train_lavila(
         ek100=_ek100(ek100_root, ek100_annotations, required=False),
         run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, 0.0, patch_dropout,
-                     freeze_temperature),
+                     freeze_temperature, ckpt_keep_attention),
         optim=OptimConfig(lr=lr, fixed_lr=fixed_lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
                           weight_decay=weight_decay),
         decoder=_decoder(decoder, decode_mode, access), local_loss=local_loss,
@@ -252,6 +262,7 @@ def train_mir(
     embed_dim: EmbedDim = 256,
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
+    ckpt_keep_attention: CkptKeepAttention = 0,
     fast_conv1: FastConv1 = True,
     drop_path: Annotated[float, typer.Option(help="Stochastic depth rate of the last video block.")] = 0.1,
     patch_dropout: PatchDropout = 0.0,
@@ -298,7 +309,7 @@ def train_mir(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
         run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout,
-                     False),
+                     False, ckpt_keep_attention),
         optim=OptimConfig(lr=lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
                           weight_decay=weight_decay),
         decoder=_decoder(decoder, decode_mode, access), margin=margin,
@@ -317,6 +328,7 @@ def train_cls(
     frames: Annotated[int, typer.Option(help="Frames per clip (paper: 16).")] = 16,
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
+    ckpt_keep_attention: CkptKeepAttention = 0,
     fast_conv1: FastConv1 = True,
     drop_path: Annotated[float, typer.Option(help="Stochastic depth rate of the last video block.")] = 0.1,
     patch_dropout: PatchDropout = 0.0,
@@ -368,7 +380,8 @@ def train_cls(
     cfg = CLSConfig(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
         run=_run_config(locals()),
-        model=_model(model, pretrained, frames, 256, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout, False),
+        model=_model(model, pretrained, frames, 256, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout, False,
+                     ckpt_keep_attention),
         optim=OptimConfig(optimizer="sgd", lr=lr, lr_batch_scale=128, warmup_epochs=warmup_epochs,
                           lr_start=lr_start, lr_end=lr_end, weight_decay=weight_decay, momentum=momentum),
         mixup=MixupConfig(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing),

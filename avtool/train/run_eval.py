@@ -64,7 +64,11 @@ def load_model(cfg: EvalConfig) -> DualEncoder | VideoClassifier:
     if record["kind"] != wanted:
         raise AvtoolError(f"{cfg.checkpoint} holds a {record['kind'].replace('_', ' ')}; `eval {cfg.task}` needs a "
                           f"{wanted.replace('_', ' ')}")  # fmt: skip
-    overrides: dict[str, Any] = {"attn_impl": cfg.attn, "grad_checkpointing": False}
+    overrides: dict[str, Any] = {
+        "attn_impl": cfg.attn,
+        "grad_checkpointing": False,
+        "grad_checkpointing_keep_attention": 0,
+    }
     if cfg.frames is not None:
         overrides["num_frames"] = cfg.frames
     model = model_from_config_dict(with_tower_options(record, **overrides))
