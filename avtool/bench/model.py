@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avtool.bench.memory import VARIANTS, Variant, variant_tower
 from avtool.models import DualEncoder, DualEncoderConfig
-from avtool.models.attention import AttnImpl, check_attn_impl
+from avtool.models.attention import SDPA_KERNEL_IMPLS, AttnImpl, check_attn_impl
 from avtool.models.video import VideoArch
 from avtool.train.losses import clip_loss
 
@@ -50,7 +50,7 @@ class ModelBenchConfig:
     activations; the text tower is always checkpointed in full (its recomputation is ~1% of a step)."""
     ckpt_keep_attention: int = 0
     """`grad-ckpt` variant: the last k checkpointed video blocks keep their attention outputs for backward
-    (selective checkpointing, ~1.2 MB per video and block for ViT-B at 4 frames in bf16) instead of
+    (selective checkpointing, 1.25 MB per video and block for ViT-B at 4 frames in bf16) instead of
     recomputing the attention."""
     compile: bool = False
     """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
@@ -137,8 +137,9 @@ class ModelBenchConfig:
                 out.append("ckpt_keep_attention needs a fixed ckpt_blocks, not 'auto'")
             elif not 0 <= self.ckpt_keep_attention <= kept:
                 out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} is outside 0..{kept} (checkpointed blocks)")
-            if self.flash_impl == "math":
-                out.append("ckpt_keep_attention needs a memory-efficient attention kernel, not 'math'")
+            if self.flash_impl not in SDPA_KERNEL_IMPLS:
+                kernels = ", ".join(SDPA_KERNEL_IMPLS)
+                out.append(f"ckpt_keep_attention needs an SDPA kernel ({kernels}), not {self.flash_impl!r}")
         if self.compile_mode not in ("default", "max-autotune-no-cudagraphs"):
             out.append(f"compile_mode={self.compile_mode!r} is not 'default' or 'max-autotune-no-cudagraphs'")
         elif self.compile_mode != "default" and not self.compile:

@@ -385,8 +385,9 @@ def bench_model(
         int,
         typer.Option(
             help="grad-ckpt: of the checkpointed video blocks, the last k keep their attention outputs for "
-            "backward instead of recomputing the attention (selective checkpointing; ViT-B at 4 frames: ~1.2 "
-            "MB/video per block in bf16). Needs a fixed --ckpt-blocks, blocks."
+            "backward instead of recomputing the attention (selective checkpointing; ViT-B at 4 frames: 1.25 "
+            "MB/video per block in bf16; 10 is the fastest within 61 MB/video on an H200). Not with --ckpt-blocks "
+            "auto, blocks."
         ),
     ] = 0,
     compile: Annotated[

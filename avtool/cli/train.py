@@ -43,7 +43,7 @@ CkptKeepAttention = Annotated[
     int,
     typer.Option(
         help="With checkpointing, the last k video blocks keep their attention outputs instead of recomputing "
-        "the attention (ViT-B, 4 frames: 1.25 MB per clip and block; 10 was 1.04× faster on an H200), blocks."
+        "the attention (ViT-B, 4 frames: 1.25 MB per clip and block; 10 gave bench model 1.04× on an H200), blocks."
     ),
 ]
 FastConv1 = Annotated[bool, typer.Option(help="Patch embedding as one matmul (same maths as the conv).")]

@@ -21,6 +21,10 @@ except ImportError:
 AttnImpl = Literal["sdpa", "math", "flash", "efficient", "cudnn", "flash-attn"]
 ATTN_IMPLS: tuple[str, ...] = get_args(AttnImpl)
 
+SDPA_KERNEL_IMPLS: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn")
+"""The implementations that run one of SDPA's memory-efficient kernels (whose ATen ops selective
+checkpointing can keep)."""
+
 _SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,

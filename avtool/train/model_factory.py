@@ -24,7 +24,7 @@ from avtool.models import (
     VideoTowerConfig,
     load_state_dict_resized,
 )
-from avtool.models.attention import AttnImpl, check_attn_impl
+from avtool.models.attention import SDPA_KERNEL_IMPLS, AttnImpl, check_attn_impl
 
 TINY = "tiny"
 # The CLIP BPE tokenizer's vocabulary: the text tower must embed every id it produces, tiny or not.
@@ -52,8 +52,8 @@ class ModelConfig:
     """Recompute each block's activations in backward (§4.1): 13× the batch for ~15% more time."""
     ckpt_keep_attention: int = 0
     """With grad_checkpointing, the last k video blocks keep their attention outputs instead of recomputing
-    the attention (ViT-B at 4 frames: 1.25 MB per clip and block; k = 10 trained 1.04× faster on an H200
-    for 4 MB per clip more, benchmarks/README.md)."""
+    the attention (ViT-B at 4 frames: 1.25 MB per clip and block; k = 10 gave `avtool bench model` 1.04× the
+    throughput on an H200 for 4 MB per clip more, benchmarks/README.md)."""
     fast_conv1: bool = True
     """Patch embedding as one matmul on unfolded patches instead of a convolution (same maths)."""
     drop_path: float = 0.0
@@ -76,8 +76,9 @@ class ModelConfig:
             out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} must be at least 0")
         elif self.ckpt_keep_attention and not self.grad_checkpointing:
             out.append("ckpt_keep_attention needs gradient checkpointing")
-        elif self.ckpt_keep_attention and self.attn == "math":
-            out.append("ckpt_keep_attention needs a memory-efficient attention kernel, not 'math'")
+        elif self.ckpt_keep_attention and self.attn not in SDPA_KERNEL_IMPLS:
+            kernels = ", ".join(SDPA_KERNEL_IMPLS)
+            out.append(f"ckpt_keep_attention needs an SDPA kernel ({kernels}), not {self.attn!r}")
         return out
 
 
