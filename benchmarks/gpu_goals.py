@@ -158,10 +158,13 @@ def memory_split(name: str, cfg: ModelBenchConfig, out: Path) -> None:
     """Where a training step's memory peaks, MB per video (allocated, MB = 10⁶ B): before the step
     (weights, AdamW state, the batch), after forward (what is kept for backward), and the peak of each
     phase; appended to out/memory.txt. CUDA only."""
+    if cfg.ckpt_blocks == "auto" or cfg.memory_limit_gb is not None:
+        print(f"--memory {name!r}: skipped, it measures fixed configurations (not 'auto' or a memory cap)")
+        return
     device = cfg.resolved_device()
     amp = None if cfg.amp_dtype == "none" or device.type == "cpu" else getattr(torch, cfg.amp_dtype)
     trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, amp, compile=cfg.compile,
-                      compile_mode=cfg.compile_mode)  # fmt: skip
+                      memory_budget=cfg.activation_memory_budget, compile_mode=cfg.compile_mode)  # fmt: skip
     video, text = trainer.batch(cfg.batch_size)
     for _ in range(2):
         trainer.step(video, text)
@@ -211,7 +214,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}")
 
     rows, done = [], []
-    every = [c for suite in args.suite or SUITES for c in goal_configs(base, suite, small, large)]
+    # A name can be in two suites (the compiled best is also the baseline of `selective`): measure it once.
+    first: dict[str, ModelBenchConfig] = {}
+    for suite in args.suite or SUITES:
+        for name, cfg in goal_configs(base, suite, small, large):
+            first.setdefault(name, cfg)
+    every = list(first.items())
     if args.tiny:  # the CPU has no flash or cuDNN kernels; sdpa picks the CPU's
         every = [(name, dataclasses.replace(cfg, flash_impl="sdpa")) for name, cfg in every]
     configs = [(name, cfg) for name, cfg in every if not args.only or name in args.only]

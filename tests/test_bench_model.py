@@ -194,10 +194,11 @@ def test_blocks_that_keep_their_attention_are_reported_and_cost_less_recomputati
         model=model, archs=("vit",), variants=("grad-ckpt",), batch_size=2, warmup_steps=0, steps=1,
         device="cpu", peak_tflops=1.0,
     )  # fmt: skip
-    (full,) = run_model_bench(base)
+    (full,) = run_model_bench(dataclasses.replace(base, ckpt_blocks=3))
     (keep,) = run_model_bench(dataclasses.replace(base, ckpt_blocks=3, ckpt_keep_attention=2))
-    assert (full.ckpt_blocks, full.ckpt_keep_attention) == (4, 0)
+    assert (full.ckpt_blocks, full.ckpt_keep_attention) == (3, 0)
     assert (keep.ckpt_blocks, keep.ckpt_keep_attention) == (3, 2)
+    # Same blocks checkpointed: the kept attention forwards are the only hardware FLOPs that differ.
     assert keep.gflop_per_video == full.gflop_per_video and keep.hfu / keep.mfu < full.hfu / full.mfu
 
 

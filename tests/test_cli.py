@@ -1,12 +1,14 @@
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from avtool.cli import app
+from avtool.cli import app, main
 
 runner = CliRunner()
 
@@ -66,3 +68,13 @@ def test_an_installed_copy_inside_another_repository_names_no_commit(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})  # fmt: skip
     path, revision = result.stdout.split()
     assert path.startswith(str(tmp_path)) and revision == "None"
+
+
+def test_error_lines_print_brackets_literally(monkeypatch, capsys):
+    # Rich would read "[flash]" in "pip install 'avtool[flash]'" as markup and drop it.
+    monkeypatch.setattr(sys, "argv", ["avtool", "bench", "model", "--tiny", "--device", "cpu", "--attn", "flash-attn"])
+    monkeypatch.setattr(importlib.import_module("avtool.models.attention"), "flash_attn_func", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "pip install 'avtool[flash]'" in capsys.readouterr().err

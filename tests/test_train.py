@@ -19,7 +19,7 @@ from avtool.errors import AvtoolError
 from avtool.train import lavila, mir
 from avtool.train.checkpoint import latest_checkpoint, load_checkpoint
 from avtool.train.config import OptimConfig, RunConfig
-from avtool.train.model_factory import ModelConfig
+from avtool.train.model_factory import ModelConfig, dual_encoder_config
 from avtool.train.run_eval import EvalConfig, evaluate_checkpoint
 
 pytest_plugins = ("tests.clip_fixtures",)
@@ -143,6 +143,11 @@ def test_model_config_problems_of_selective_checkpointing():
     ):
         assert any(expected in p for p in dataclasses.replace(TINY, **fields).problems()), expected
     assert dataclasses.replace(TINY, grad_checkpointing=True, ckpt_keep_attention=2).problems() == []
+    # More kept blocks than the model has is known once its shape is: still one line, not a traceback.
+    too_many = dataclasses.replace(TINY, grad_checkpointing=True, ckpt_keep_attention=3)
+    with pytest.raises(AvtoolError, match=r"^--model tiny: invalid VideoTowerConfig: \S+=3 is outside 0\.\.2") as e:
+        dual_encoder_config(too_many)
+    assert "\n" not in str(e.value)
 
 
 def _avtool(*args: str) -> subprocess.CompletedProcess:

@@ -51,7 +51,7 @@ class ModelBenchConfig:
     ckpt_keep_attention: int = 0
     """`grad-ckpt` variant: the last k checkpointed video blocks keep their attention outputs for backward
     (selective checkpointing, 1.25 MB per video and block for ViT-B at 4 frames in bf16) instead of
-    recomputing the attention."""
+    recomputing the attention. Like ckpt_blocks, it replaces what ``model.video`` says."""
     compile: bool = False
     """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
     Needs a fixed batch_size: every size the search tried would compile anew."""

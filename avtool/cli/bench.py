@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from avtool.cli.console import console
-from avtool.errors import AvtoolError
+from avtool.errors import AvtoolError, config_error
 
 if TYPE_CHECKING:  # torch and the models load lazily: `avtool --help` should not wait for torch
     from avtool.bench.memory import MemoryBenchConfig
@@ -225,13 +225,6 @@ def bench_decode(
         console.print(f"wrote {path}", highlight=False)
 
 
-def _config_error(error: ValueError) -> AvtoolError:
-    """One line from a config's ValueError, whose message lists one problem per indented line."""
-    head, _, rest = str(error).partition(":\n")
-    problems = [line.strip() for line in rest.splitlines() if line.strip()]
-    return AvtoolError(f"{head}: {'; '.join(problems)}" if problems else " ".join(str(error).split()))
-
-
 def _check(cfg: MemoryBenchConfig | ModelBenchConfig) -> None:
     problems = cfg.problems()
     if problems:
@@ -247,7 +240,7 @@ def _video_tower(arch: str, tiny: bool, **fields: int | bool | None) -> VideoTow
     try:
         return dataclasses.replace(base, arch=arch, **overrides)
     except ValueError as e:
-        raise _config_error(e) from None
+        raise config_error(e) from None
 
 
 def _mb(value: float | None) -> str:

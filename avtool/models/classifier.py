@@ -20,8 +20,8 @@ class VideoClassifier(nn.Module):
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
-    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None) -> None:
-        self.video.set_grad_checkpointing(enable, blocks)
+    def set_grad_checkpointing(self, enable: bool = True, blocks: int | None = None, keep_attention: int = 0) -> None:
+        self.video.set_grad_checkpointing(enable, blocks, keep_attention)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes)."""

@@ -63,8 +63,9 @@ class DualEncoder(nn.Module):
         self.text = TextTransformer(cfg.text)
         self.logit_scale = nn.Parameter(torch.tensor(cfg.logit_scale_init), requires_grad=not cfg.freeze_logit_scale)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.video.set_grad_checkpointing(enable)
+    def set_grad_checkpointing(self, enable: bool = True, keep_attention: int = 0) -> None:
+        """Checkpoint every block of both towers; the last ``keep_attention`` video blocks keep their attention."""
+        self.video.set_grad_checkpointing(enable, keep_attention=keep_attention)
         self.text.set_grad_checkpointing(enable)
 
     def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -16,7 +16,9 @@ COLUMNS = ("arch", "variant", "batch_size", "videos_per_second")
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 # Settings that can differ between rows of one (arch, variant) when several runs share a CSV; the first
 # that differs names the bar.
-DISTINGUISHING = ("attn_impl", "ckpt_blocks", "compiled", "batch_size", "dtype", "device")
+DISTINGUISHING = (
+    "attn_impl", "ckpt_blocks", "ckpt_keep_attention", "compiled", "compile_mode", "batch_size", "dtype", "device",
+)  # fmt: skip
 
 
 def plot_fig4(results: Path, out: Path | None = None, dpi: int = 150) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from avtool.errors import AvtoolError
+from avtool.errors import AvtoolError, config_error
 from avtool.models import (
     DualEncoder,
     DualEncoderConfig,
@@ -89,21 +89,22 @@ def _tower_configs(cfg: ModelConfig) -> tuple[VideoTowerConfig, TextTowerConfig]
         fast_conv1=cfg.fast_conv1, drop_path_rate=cfg.drop_path, patch_dropout=cfg.patch_dropout,
     )  # fmt: skip
     text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing)
-    if cfg.name == TINY:
-        # 4×4 patches per frame: small enough for a CPU, large enough to see the sample's objects move.
-        return (
-            VideoTowerConfig.tiny(image_size=64, width=128, **video),
-            TextTowerConfig.tiny(vocab_size=CLIP_VOCAB_SIZE, width=128, **text),
-        )
-    from avtool.models.open_clip_weights import text_config_from_open_clip, video_config_from_open_clip
-
     try:
+        if cfg.name == TINY:
+            # 4×4 patches per frame: small enough for a CPU, large enough to see the sample's objects move.
+            return (
+                VideoTowerConfig.tiny(image_size=64, width=128, **video),
+                TextTowerConfig.tiny(vocab_size=CLIP_VOCAB_SIZE, width=128, **text),
+            )
+        from avtool.models.open_clip_weights import text_config_from_open_clip, video_config_from_open_clip
+
         return (
             video_config_from_open_clip(cfg.name, pretrained=_tag(cfg.pretrained), **video),
             text_config_from_open_clip(cfg.name, pretrained=_tag(cfg.pretrained), **text),
         )
     except (ValueError, NotImplementedError) as e:
-        raise AvtoolError(f"--model {cfg.name}: {e}") from None
+        # e.g. --ckpt-keep-attention above the model's block count, known only once its shape is.
+        raise config_error(e, f"--model {cfg.name}: ") from None
 
 
 def _tag(pretrained: str | None) -> str | None:
