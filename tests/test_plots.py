@@ -76,6 +76,8 @@ def test_rows_of_one_variant_are_told_apart_by_what_differs():
         }
     )
     assert bar_labels(frame) == ["baseline", "+ grad-ckpt\nattn_impl=flash", "+ grad-ckpt\nattn_impl=cudnn"]
+    kept = pd.DataFrame({"arch": ["vit"] * 2, "variant": ["grad-ckpt"] * 2, "ckpt_keep_attention": [0, 10]})
+    assert bar_labels(kept) == ["+ grad-ckpt\nckpt_keep_attention=0", "+ grad-ckpt\nckpt_keep_attention=10"]
 
 
 @pytest.mark.parametrize("figure", ["fig3", "fig4"])
