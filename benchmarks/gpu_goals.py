@@ -1,14 +1,16 @@
 """The issue's speed and memory goals for the ViT-B dual encoder on one GPU, measured in one run.
 
-    python benchmarks/gpu_goals.py --out DIR [--suite eager|bf16-residual|compiled ...] [--only NAME ...]
-        [--profile NAME]
+    python benchmarks/gpu_goals.py --out DIR [--suite eager|bf16-residual|compiled|budget|selective|autotune ...]
+        [--only NAME ...] [--profile NAME] [--memory NAME ...]
 
 Fixed batches, 4 frames at 224², bf16 autocast, data already on the GPU; the suites are described in
 ``goal_configs``; ``--only`` keeps the rows of those names. ``--profile NAME`` writes the CUDA kernel
-time of a few steps of that row's configuration, by kernel and by kind, to profile.txt. Rows go to
-DIR/goals.csv and .json (stamped like every benchmark) as each one finishes; a row that fails is logged
-and skipped, and rows that would start after ``--budget-s`` are skipped, so a time limit never loses what
-was measured. ``--tiny`` runs the same on tiny towers on a CPU, to check the script.
+time of a few steps of that row's configuration, by kernel and by kind, to profile.txt; ``--memory NAME``
+appends where that row's step holds its memory (before the step, after forward, the peak of each phase)
+to memory.txt. Rows go to DIR/goals.csv and .json (stamped like every benchmark) as each one finishes; a
+row that fails is logged and skipped, and rows that would start after ``--budget-s`` are skipped, so a
+time limit never loses what was measured. ``--tiny`` runs the same on tiny towers on a CPU, to check the
+script.
 """
 
 from __future__ import annotations
