@@ -43,7 +43,8 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     `selective`: the compiled best of per-block checkpointing, then the last block left unchecked (its
     activations are consumed first, so it should cost little memory at the peak), then the last k
     checkpointed blocks keeping their attention outputs (selective checkpointing). `autotune`: the best of
-    those within 61 MB/video (all but two blocks keep their attention) with max-autotune-no-cudagraphs.
+    those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
+    every kernel autotuned.
     """
 
     def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
@@ -103,9 +104,9 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             if 0 <= keep <= blocks
         ).items()),
         "autotune": [
-            (f"{best} keep-attn{layers - 2} max-autotune{tag}",
-             make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2,
-                  compile_mode="max-autotune-no-cudagraphs")),
+            (f"{best}{f' keep-attn{layers - 2}' if layers > 2 else ''} {mode}{tag}",
+             make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2, compile_mode=mode))
+            for mode in ("max-autotune-gemm", "max-autotune-no-cudagraphs")
         ],
     }[suite]  # fmt: skip
     if not torch.cuda.is_available():  # the block search needs CUDA out-of-memory errors

@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from avtool.bench.model import (
+    COMPILE_MODES,
     ModelBenchConfig,
     Trainer,
     dense_peak_tflops,
@@ -226,6 +227,18 @@ def test_config_problems_are_listed_together() -> None:
         (dict(compile=True, compile_mode="fast"), "compile_mode='fast'"),
     ):
         assert any(expected in p for p in ModelBenchConfig(**tiny, **fields).problems()), expected
+
+
+def test_compile_modes_are_known_to_torch_compile() -> None:
+    import torch._inductor.config as inductor_config
+
+    assert set(COMPILE_MODES) == {"default", "max-autotune-gemm", "max-autotune-no-cudagraphs"}
+    for arguments in COMPILE_MODES.values():
+        assert set(arguments) <= {"mode", "options"}
+        if "mode" in arguments:
+            assert torch._inductor.list_mode_options(arguments["mode"])  # an unknown mode raises
+        for option in arguments.get("options", {}):
+            assert hasattr(inductor_config, option), option
 
 
 def test_the_memory_budget_is_a_known_compiler_setting_and_steps_run_with_it() -> None:

@@ -389,8 +389,9 @@ def bench_model(
     compile_mode: Annotated[
         str,
         typer.Option(
-            help="With --compile: default, or max-autotune-no-cudagraphs (times Triton matmuls with fused "
-            "epilogues against cuBLAS per shape; compiles several times longer)."
+            help="With --compile: default; max-autotune-gemm (times Triton matmuls with fused epilogues against "
+            "cuBLAS per shape; compiles several times longer); max-autotune-no-cudagraphs (also tunes every "
+            "elementwise kernel; longer still)."
         ),
     ] = "default",
     activation_memory_budget: Annotated[
