@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from avtool.bench.memory import VARIANTS, Variant, variant_tower
 from avtool.models import DualEncoder, DualEncoderConfig
-from avtool.models.attention import SDPA_KERNEL_IMPLS, AttnImpl, check_attn_impl
+from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 from avtool.models.video import VideoArch
 from avtool.train.losses import clip_loss
 
@@ -145,9 +145,8 @@ class ModelBenchConfig:
                 out.append("ckpt_keep_attention needs a fixed ckpt_blocks, not 'auto'")
             elif not 0 <= self.ckpt_keep_attention <= kept:
                 out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} is outside 0..{kept} (checkpointed blocks)")
-            if self.flash_impl not in SDPA_KERNEL_IMPLS:
-                kernels = ", ".join(SDPA_KERNEL_IMPLS)
-                out.append(f"ckpt_keep_attention needs an SDPA kernel ({kernels}), not {self.flash_impl!r}")
+            if problem := check_keeps_attention(self.flash_impl):
+                out.append(f"ckpt_keep_attention {problem}")
         if self.compile_mode not in COMPILE_MODES:
             out.append(f"compile_mode={self.compile_mode!r} is not one of {', '.join(COMPILE_MODES)}")
         elif self.compile_mode != "default" and not self.compile:

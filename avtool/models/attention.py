@@ -32,6 +32,13 @@ _SDPA_BACKENDS = {
 }
 
 
+def check_keeps_attention(impl: str) -> str | None:
+    """Why ``impl`` cannot keep its outputs under selective checkpointing, or None when it can."""
+    if impl in SDPA_KERNEL_IMPLS:
+        return None
+    return f"needs an SDPA kernel ({', '.join(SDPA_KERNEL_IMPLS)}), not {impl!r}"
+
+
 def flash_attn_available() -> bool:
     return flash_attn_func is not None
 

@@ -170,9 +170,11 @@ class Transformer(nn.Module):
     blocks' activations are consumed first by backward anyway. Of the checkpointed blocks, the last
     ``keep_attention_blocks`` checkpoint selectively: they keep the outputs of their attention kernel
     (SDPA's flash, memory-efficient or cuDNN kernels; ``math`` attention is recomputed as before), so
-    backward recomputes everything in them but the attention. The last rather than the first: the kept
-    outputs of the blocks that backward reaches first are freed first. ``low_precision_residual`` carries the
-    residual stream in the autocast dtype under autocast (no effect without it).
+    backward recomputes everything in them but the attention. The last rather than the first: memory peaks
+    in the last block's backward, where a block that kept its attention needs less transient memory, and
+    backward frees the kept outputs of the last blocks first (measured in benchmarks/README.md).
+    ``low_precision_residual`` carries the residual stream in the autocast dtype under autocast (no effect
+    without it).
     """
 
     def __init__(self, blocks: Sequence[nn.Module], low_precision_residual: bool = False) -> None:

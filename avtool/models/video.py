@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from avtool.models.attention import SDPA_KERNEL_IMPLS, AttnImpl, check_attn_impl
+from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 from avtool.models.blocks import Activation, Block, DividedSpaceTimeBlock, Transformer, init_transformer_
 from avtool.models.patch_embed import PatchEmbed
 
@@ -94,9 +94,8 @@ class VideoTowerConfig:
             )
         elif keep and not self.grad_checkpointing:
             out.append("grad_checkpointing_keep_attention needs grad_checkpointing")
-        elif keep and self.attn_impl not in SDPA_KERNEL_IMPLS:
-            kernels = ", ".join(SDPA_KERNEL_IMPLS)
-            out.append(f"grad_checkpointing_keep_attention needs an SDPA kernel ({kernels}), not {self.attn_impl!r}")
+        elif keep and (problem := check_keeps_attention(self.attn_impl)):
+            out.append(f"grad_checkpointing_keep_attention {problem}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             out.append(f"drop_path_rate={self.drop_path_rate} is outside [0, 1)")
         if not 0.0 <= self.patch_dropout < 1.0:

@@ -24,7 +24,7 @@ from avtool.models import (
     VideoTowerConfig,
     load_state_dict_resized,
 )
-from avtool.models.attention import SDPA_KERNEL_IMPLS, AttnImpl, check_attn_impl
+from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 
 TINY = "tiny"
 # The CLIP BPE tokenizer's vocabulary: the text tower must embed every id it produces, tiny or not.
@@ -76,9 +76,8 @@ class ModelConfig:
             out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} must be at least 0")
         elif self.ckpt_keep_attention and not self.grad_checkpointing:
             out.append("ckpt_keep_attention needs gradient checkpointing")
-        elif self.ckpt_keep_attention and self.attn not in SDPA_KERNEL_IMPLS:
-            kernels = ", ".join(SDPA_KERNEL_IMPLS)
-            out.append(f"ckpt_keep_attention needs an SDPA kernel ({kernels}), not {self.attn!r}")
+        elif self.ckpt_keep_attention and (problem := check_keeps_attention(self.attn)):
+            out.append(f"ckpt_keep_attention {problem}")
         return out
 
 
