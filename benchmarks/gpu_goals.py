@@ -97,12 +97,12 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
              make("flash-attn", "cudnn", large, fast_conv1=True, activation_memory_budget=b))
             for b in (0.2, 0.1)
         ],
-        "selective": list(dict(
+        "selective": [  # tiny towers repeat some (blocks, keep): main() measures each name once
             selective(blocks, keep)
             for blocks, keep in ((layers, 0), (layers - 1, 0), (layers, layers), (layers, some), (layers, 2 * some),
                                  (layers, layers - 2), (layers, layers - 1), (layers - 1, some))
             if 0 <= keep <= blocks
-        ).items()),
+        ],
         "autotune": [
             (f"{best}{f' keep-attn{layers - 2}' if layers > 2 else ''} {mode}{tag}",
              make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2, compile_mode=mode))
@@ -114,17 +114,26 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     return configs
 
 
+def warm_trainer(cfg: ModelBenchConfig) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
+    """The trainer of ``cfg``'s first ViT variant (compiled, budgeted as ``cfg`` says) and its batch, after two
+    steps (compilation, allocator warm-up)."""
+    device = cfg.resolved_device()
+    trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, cfg.autocast_dtype(device),
+                      compile=cfg.compile, memory_budget=cfg.activation_memory_budget,
+                      compile_mode=cfg.compile_mode)  # fmt: skip
+    video, text = trainer.batch(cfg.batch_size)
+    for _ in range(2):
+        trainer.step(video, text)
+    return trainer, video, text
+
+
 def profile(cfg: ModelBenchConfig, out: Path, steps: int = 3) -> None:
     """CUDA kernel time of ``steps`` training steps, by kernel (top 30) and by kind, into out/profile.txt."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    device = cfg.resolved_device()
-    amp = None if cfg.amp_dtype == "none" or device.type == "cpu" else getattr(torch, cfg.amp_dtype)
-    trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, amp, compile=cfg.compile)
-    video, text = trainer.batch(cfg.batch_size)
-    for _ in range(2):
-        trainer.step(video, text)
+    trainer, video, text = warm_trainer(cfg)
+    device = trainer.device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
         for _ in range(steps):
@@ -164,13 +173,8 @@ def memory_split(name: str, cfg: ModelBenchConfig, out: Path) -> None:
     if cfg.ckpt_blocks == "auto" or cfg.memory_limit_gb is not None:
         print(f"--memory {name!r}: skipped, it measures fixed configurations (not 'auto' or a memory cap)")
         return
-    device = cfg.resolved_device()
-    amp = None if cfg.amp_dtype == "none" or device.type == "cpu" else getattr(torch, cfg.amp_dtype)
-    trainer = Trainer(variant_model(cfg, "vit", cfg.variants[0]), device, amp, compile=cfg.compile,
-                      memory_budget=cfg.activation_memory_budget, compile_mode=cfg.compile_mode)  # fmt: skip
-    video, text = trainer.batch(cfg.batch_size)
-    for _ in range(2):
-        trainer.step(video, text)
+    trainer, video, text = warm_trainer(cfg)
+    device = trainer.device
     torch.cuda.synchronize(device)
 
     def mb(allocated: int) -> str:

@@ -98,6 +98,10 @@ class ModelBenchConfig:
     seed: int = 0
     """Seed of the weights and the synthetic batches."""
 
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on ``device`` (None: float32, always on the CPU)."""
+        return None if device.type == "cpu" or self.amp_dtype == "none" else getattr(torch, self.amp_dtype)
+
     def resolved_device(self) -> torch.device:
         device = self.device
         if device == "auto":
@@ -424,7 +428,7 @@ def run_model_bench(cfg: ModelBenchConfig) -> list[ModelBenchRow]:
     if problems:
         raise ValueError("invalid ModelBenchConfig:\n  " + "\n  ".join(problems))
     device = cfg.resolved_device()
-    amp_dtype = None if device.type == "cpu" or cfg.amp_dtype == "none" else getattr(torch, cfg.amp_dtype)
+    amp_dtype = cfg.autocast_dtype(device)
     limit = device.type == "cuda" and cfg.memory_limit_gb is not None
     if limit:
         total = torch.cuda.get_device_properties(device).total_memory
