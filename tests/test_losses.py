@@ -53,7 +53,9 @@ def _worker(rank: int, world: int, port: int, local_loss: bool, queue) -> None:
     shard = slice(rank * 4, rank * 4 + 4)
     loss = clip_loss(v[shard], t[shard], torch.tensor(5.0), local_loss=local_loss)
     loss.backward()
-    queue.put((rank, loss.item(), v.grad[shard].clone(), t.grad[shard].clone()))
+    # Plain lists, not tensors: torch's queue shares a tensor through a file descriptor that the parent
+    # fetches from this process, which fails ("connection reset") if this process has exited by then.
+    queue.put((rank, loss.item(), v.grad[shard].tolist(), t.grad[shard].tolist()))
     dist.destroy_process_group()
 
 
@@ -79,5 +81,5 @@ def test_gathered_loss_equals_the_single_process_loss_on_the_global_batch(local_
     # single-process gradient of the global loss.
     for rank, _, v_grad, t_grad in results:
         shard = slice(rank * 4, rank * 4 + 4)
-        assert torch.allclose(v_grad, 2 * v.grad[shard], atol=1e-6)
-        assert torch.allclose(t_grad, 2 * t.grad[shard], atol=1e-6)
+        assert torch.allclose(torch.tensor(v_grad), 2 * v.grad[shard], atol=1e-6)
+        assert torch.allclose(torch.tensor(t_grad), 2 * t.grad[shard], atol=1e-6)
