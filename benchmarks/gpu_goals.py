@@ -28,7 +28,7 @@ from avtool.models import DualEncoderConfig
 from avtool.results import write_results
 
 GOAL_MB_PER_VIDEO = 61.0
-SUITES = ("eager", "bf16-residual", "compiled", "budget", "selective", "autotune")
+SUITES = ("eager", "bf16-residual", "compiled", "budget", "selective", "autotune", "fa4", "fa4-eager")
 
 
 def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> list[tuple[str, ModelBenchConfig]]:
@@ -44,12 +44,15 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     activations are consumed first, so it should cost little memory at the peak), then the last k
     checkpointed blocks keeping their attention outputs (selective checkpointing). `autotune`: the best of
     those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
-    every kernel autotuned.
+    every kernel autotuned. `fa4`: the compiled best with cuDNN (all but two blocks keep their attention),
+    then FlashAttention-4 in its place: the same, every block checkpointed, every block keeping its
+    attention, and B=small without checkpointing. `fa4-eager`: the math baseline, cuDNN and FlashAttention-4
+    at B=small, eager (the second goal's comparison).
     """
 
     def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
-        low = suite != "eager"
-        compiled = suite in ("compiled", "budget", "selective", "autotune")
+        low = suite not in ("eager", "fa4-eager")
+        compiled = suite in ("compiled", "budget", "selective", "autotune", "fa4")
         video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low)
         text = dataclasses.replace(base.model.text, low_precision_residual=low)
         model = dataclasses.replace(base.model, video=video, text=text)
@@ -59,7 +62,7 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
         )  # fmt: skip
 
     cap = {"ckpt_blocks": "auto", "memory_limit_gb": large * GOAL_MB_PER_VIDEO / 1e3}
-    tag = {"eager": "", "bf16-residual": " bf16-res"}.get(suite, " bf16-res+compile")
+    tag = {"eager": "", "fa4-eager": "", "bf16-residual": " bf16-res"}.get(suite, " bf16-res+compile")
     best = f"B{large} cudnn+ckpt fast-conv1"
     layers = base.model.video.layers
     some = max(1, layers // 3)  # ViT-B: 4 blocks, ~5 MB/video, about the headroom under 61 MB/video
@@ -107,6 +110,18 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             (f"{best}{f' keep-attn{layers - 2}' if layers > 2 else ''} {mode}{tag}",
              make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2, compile_mode=mode))
             for mode in ("max-autotune-gemm", "max-autotune-no-cudagraphs")
+        ],
+        "fa4": [
+            selective(layers, layers - 2),
+            *[(f"B{large} fa4+ckpt fast-conv1{f' keep-attn{keep}' if keep else ''}{tag}",
+               make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=keep))
+              for keep in (layers - 2, 0, layers)],
+            (f"B{small} fa4{tag}", make("flash-attn", "fa4", small)),
+        ],
+        "fa4-eager": [
+            (f"B{small} math", make("baseline", "flash", small)),
+            (f"B{small} cudnn", make("flash-attn", "cudnn", small)),
+            (f"B{small} fa4", make("flash-attn", "fa4", small)),
         ],
     }[suite]  # fmt: skip
     if not torch.cuda.is_available():  # the block search needs CUDA out-of-memory errors
@@ -227,8 +242,9 @@ def main() -> None:
         for name, cfg in goal_configs(base, suite, small, large):
             first.setdefault(name, cfg)
     every = list(first.items())
-    if args.tiny:  # the CPU has no flash or cuDNN kernels; sdpa picks the CPU's
-        every = [(name, dataclasses.replace(cfg, flash_impl="sdpa")) for name, cfg in every]
+    if args.tiny:  # the CPU has no flash or cuDNN kernels (sdpa picks the CPU's); fa4 has a CPU kernel
+        every = [(name, cfg if cfg.flash_impl == "fa4" else dataclasses.replace(cfg, flash_impl="sdpa"))
+                 for name, cfg in every]  # fmt: skip
     configs = [(name, cfg) for name, cfg in every if not args.only or name in args.only]
     for name, cfg in configs:
         elapsed = time.perf_counter() - start

@@ -196,7 +196,7 @@ class MemoryBenchConfig:
             out.append(f"device={self.device!r} is not auto, cuda or cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
             out.append("device='cuda' but torch sees no CUDA device")
-        attn_problem = check_attn_impl(self.flash_impl)
+        attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")
         if self.amp_dtype not in ("float16", "bfloat16", "none"):

@@ -50,7 +50,8 @@ class ModelBenchConfig:
     """`baseline`, `flash-attn`, `grad-ckpt` (gradient checkpointing applies to both towers)."""
     flash_impl: AttnImpl = "sdpa"
     """Attention kernel of the `flash-attn` and `grad-ckpt` variants: `sdpa` lets torch pick, `flash`,
-    `efficient`, `cudnn` force that SDPA backend, `flash-attn` uses the flash-attn package."""
+    `efficient`, `cudnn` force that SDPA backend, `flash-attn` uses the flash-attn package, `fa4` the
+    flash-attn-4 package (FlashAttention-4's kernels, Hopper and Blackwell)."""
     ckpt_blocks: int | Literal["auto"] | None = None
     """`grad-ckpt` variant: checkpoint only the first k blocks of the video tower (None: all; `auto`: the
     fewest that let batch_size fit, CUDA only). Each block left out saves its recomputation and costs its
@@ -126,7 +127,7 @@ class ModelBenchConfig:
             out.append("search_granularity must be at least 1")
         if self.amp_dtype not in ("float16", "bfloat16", "none"):
             out.append(f"amp_dtype={self.amp_dtype!r} is not float16, bfloat16 or none")
-        attn_problem = check_attn_impl(self.flash_impl)
+        attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")
         if self.ckpt_blocks is not None:

@@ -91,7 +91,8 @@ Attn = Annotated[
     str,
     typer.Option(
         help="Attention kernel of flash-attn and grad-ckpt: sdpa (torch picks), flash, efficient, cudnn "
-        "(that SDPA backend), flash-attn (the flash-attn package)."
+        "(that SDPA backend), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for Hopper "
+        "and Blackwell GPUs, the flash-attn-4 package)."
     ),
 ]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cuda or cpu.")]

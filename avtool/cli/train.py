@@ -36,7 +36,11 @@ Pretrained = Annotated[
     str | None, typer.Option(help="open_clip weights to start from: a tag (openai) or a local file; none: random.")
 ]
 Attn = Annotated[
-    str, typer.Option(help="Attention kernel: sdpa, flash, efficient, cudnn, math (baseline), flash-attn.")
+    str,
+    typer.Option(
+        help="Attention kernel: sdpa, flash, efficient, cudnn, math (baseline), flash-attn (the flash-attn "
+        "package), fa4 (FlashAttention-4 for Hopper and Blackwell GPUs, the flash-attn-4 package)."
+    ),
 ]
 GradCkpt = Annotated[bool, typer.Option(help="Gradient checkpointing of every block (paper §4.1).")]
 CkptKeepAttention = Annotated[

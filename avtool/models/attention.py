@@ -13,17 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from avtool.models.fa4 import fa4_attention, fa4_available
+
 try:  # optional: pip install 'avtool[flash]'
     from flash_attn import flash_attn_func
 except ImportError:
     flash_attn_func = None
 
-AttnImpl = Literal["sdpa", "math", "flash", "efficient", "cudnn", "flash-attn"]
+AttnImpl = Literal["sdpa", "math", "flash", "efficient", "cudnn", "flash-attn", "fa4"]
 ATTN_IMPLS: tuple[str, ...] = get_args(AttnImpl)
 
-SDPA_KERNEL_IMPLS: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn")
-"""The implementations that run one of SDPA's memory-efficient kernels (whose ATen ops selective
-checkpointing can keep)."""
+KEEPABLE_IMPLS: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn", "fa4")
+"""The implementations whose kernel is one op that selective checkpointing can keep: SDPA's
+memory-efficient kernels (ATen ops) and FlashAttention-4 (avtool's custom op)."""
 
 _SDPA_BACKENDS = {
     "flash": SDPBackend.FLASH_ATTENTION,
@@ -34,21 +36,28 @@ _SDPA_BACKENDS = {
 
 def check_keeps_attention(impl: str) -> str | None:
     """Why ``impl`` cannot keep its outputs under selective checkpointing, or None when it can."""
-    if impl in SDPA_KERNEL_IMPLS:
+    if impl in KEEPABLE_IMPLS:
         return None
-    return f"needs an SDPA kernel ({', '.join(SDPA_KERNEL_IMPLS)}), not {impl!r}"
+    return f"needs an attention kernel op ({', '.join(KEEPABLE_IMPLS)}), not {impl!r}"
 
 
 def flash_attn_available() -> bool:
     return flash_attn_func is not None
 
 
-def check_attn_impl(impl: str) -> str | None:
-    """Return a description of what is wrong with ``impl``, or None when it can be used here."""
+def check_attn_impl(impl: str, on_cuda: bool | None = None) -> str | None:
+    """Return a description of what is wrong with ``impl``, or None when it can be used here.
+
+    ``on_cuda``: whether the model will run on a CUDA device (None: whether this machine has one). Only
+    there does ``fa4`` need its package; on a CPU it runs its plain-PyTorch kernel.
+    """
     if impl not in ATTN_IMPLS:
         return f"attn_impl={impl!r} is not one of {', '.join(ATTN_IMPLS)}"
     if impl == "flash-attn" and not flash_attn_available():
         return "attn_impl='flash-attn' needs the flash-attn package (pip install 'avtool[flash]')"
+    if impl == "fa4" and not fa4_available():
+        if torch.cuda.is_available() if on_cuda is None else on_cuda:
+            return "attn_impl='fa4' on CUDA needs the flash-attn-4 package (pip install 'avtool[fa4]')"
     return None
 
 
@@ -76,6 +85,8 @@ def attention(
             raise TypeError(f"flash-attn needs float16/bfloat16 inputs, not {q.dtype}: use torch.autocast")
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
         return out.transpose(1, 2)
+    if impl == "fa4":
+        return fa4_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal).transpose(1, 2)
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     with sdpa_kernel(_SDPA_BACKENDS[impl]):
@@ -91,7 +102,7 @@ class Attention(nn.Module):
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         problem = check_attn_impl(impl)
         if problem:
-            raise (ImportError if impl == "flash-attn" else ValueError)(problem)
+            raise (ImportError if impl in ("flash-attn", "fa4") else ValueError)(problem)
         self.num_heads = num_heads
         self.impl = impl
         self.causal = causal

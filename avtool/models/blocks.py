@@ -141,14 +141,16 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 def _attention_kernel_ops() -> frozenset:
-    """The ATen ops behind ``scaled_dot_product_attention``'s memory-efficient kernels (those this build has)."""
+    """The ops of the attention kernels that can be kept: those behind ``scaled_dot_product_attention``'s
+    memory-efficient kernels (the ones this build has) and avtool's FlashAttention-4 op."""
     names = (
         "_scaled_dot_product_flash_attention",
         "_scaled_dot_product_efficient_attention",
         "_scaled_dot_product_cudnn_attention",
         "_scaled_dot_product_flash_attention_for_cpu",
     )
-    return frozenset(getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n))
+    sdpa_ops = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+    return frozenset(sdpa_ops | {torch.ops.avtool.fa4_forward.default})
 
 
 _ATTENTION_KERNEL_OPS = _attention_kernel_ops()
