@@ -139,4 +139,6 @@ def collect_environment() -> dict:
         "nvdec": _nvdec_available(),
         "sdpa_backends": _sdpa_backends(),
         "flash_attn_package": _version("flash-attn"),
+        "flash_attn_4_package": _version("flash-attn-4"),
+        "cutlass_dsl": _version("nvidia-cutlass-dsl"),
     }

@@ -46,7 +46,7 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
     every kernel autotuned. `fa4`: the compiled best with cuDNN (all but two blocks keep their attention),
     then FlashAttention-4 in its place: the same, every block checkpointed, every block keeping its
-    attention, and B=small without checkpointing. `fa4-eager`: the math baseline, cuDNN and FlashAttention-4
+    attention, B=small without checkpointing, the last block not checkpointed, and matmul autotuning. `fa4-eager`: the math baseline, cuDNN and FlashAttention-4
     at B=small, eager (the second goal's comparison).
     """
 
@@ -116,6 +116,11 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             *[(f"B{large} fa4+ckpt fast-conv1{f' keep-attn{keep}' if keep else ''}{tag}",
                make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=keep))
               for keep in (layers - 2, 0, layers)],
+            (f"B{large} fa4+ckpt fast-conv1 ckpt{layers - 1} keep-attn{layers - 2}{tag}",
+             make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_blocks=layers - 1, ckpt_keep_attention=layers - 2)),
+            (f"B{large} fa4+ckpt fast-conv1 keep-attn{layers - 2} max-autotune-gemm{tag}",
+             make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=layers - 2,
+                  compile_mode="max-autotune-gemm")),
             (f"B{small} fa4{tag}", make("flash-attn", "fa4", small)),
         ],
         "fa4-eager": [

@@ -119,11 +119,14 @@ def _(grad_out, q, k, v, out, lse, causal):
 def _setup_context(ctx, inputs, output) -> None:
     q, k, v, causal = inputs
     out, lse = output
+    # The logsumexp is a statistic for the backward, not a differentiable output: a loss that used it
+    # would otherwise get silently wrong gradients.
+    ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.causal = causal
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
     return (*fa4_backward(grad_out, q, k, v, out, lse, ctx.causal), None)
 
@@ -135,4 +138,8 @@ def fa4_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     """Attention of (B, N, heads, d) inputs through FlashAttention-4; returns (B, N, heads, d)."""
     if q.dtype not in (torch.float16, torch.bfloat16) and q.is_cuda:
         raise TypeError(f"fa4 needs float16/bfloat16 inputs, not {q.dtype}: use torch.autocast")
+    if causal and q.shape[1] != k.shape[1]:
+        # FlashAttention aligns a causal mask to the bottom right when lengths differ; the CPU kernel
+        # does not, and self-attention never needs it.
+        raise ValueError(f"causal fa4 is self-attention: {q.shape[1]} queries but {k.shape[1]} keys")
     return fa4_forward(q, k, v, causal)[0]

@@ -43,7 +43,8 @@ class VideoTowerConfig:
     """MLP activation; OpenAI's CLIP weights need `quick_gelu`."""
     attn_impl: AttnImpl = "sdpa"
     """`sdpa` lets torch pick a kernel; `math` stores the N×N matrix (baseline); `flash`, `efficient`,
-    `cudnn` force that SDPA backend; `flash-attn` uses the flash-attn package."""
+    `cudnn` force that SDPA backend; `flash-attn` uses the flash-attn package; `fa4` FlashAttention-4's
+    kernels (the flash-attn-4 package, Hopper and Blackwell GPUs)."""
     grad_checkpointing: bool = False
     """Recompute block activations in backward instead of storing them."""
     grad_checkpointing_blocks: int | None = None
@@ -51,7 +52,7 @@ class VideoTowerConfig:
     grad_checkpointing_keep_attention: int = 0
     """With grad_checkpointing, the last k checkpointed blocks keep their attention kernel's outputs for
     backward (selective checkpointing: about N·D·2 bytes per clip and block in bf16) instead of recomputing
-    the attention, the costliest op per byte to recompute. SDPA's memory-efficient kernels only."""
+    the attention, the costliest op per byte to recompute. SDPA's memory-efficient kernels and `fa4` only."""
     fast_conv1: bool = False
     """Compute the patch embedding as one matmul on unfolded cubes (same maths as the conv)."""
     drop_path_rate: float = 0.0

@@ -1,0 +1,314 @@
+"""FlashAttention-4 as avtool's custom op, through its plain-PyTorch CPU kernel (CPU, seconds).
+
+The CUDA kernels need the flash-attn-4 package and a Hopper/Blackwell GPU; everything around them (the op's
+maths, fake shapes, autograd, compilation, selective checkpointing and the towers' use of it) is the same
+op with the CPU kernel, and is what these tests check.
+"""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from avtool.models import TextTowerConfig, TextTransformer, VideoTowerConfig, VideoViT, attention, build_video_tower
+from avtool.models.attention import check_attn_impl, check_keeps_attention
+from avtool.models.fa4 import INSTALL_HINT, fa4_attention, fa4_available
+
+FA4_FORWARD = torch.ops.avtool.fa4_forward.default
+FA4_BACKWARD = torch.ops.avtool.fa4_backward.default
+
+
+def video(batch: int = 2, frames: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.randn(batch, 3, frames, size, size)
+
+
+def tokens(batch: int = 2, length: int = 16, vocab: int = 1000) -> torch.Tensor:
+    text = torch.randint(1, vocab - 1, (batch, length))
+    text[:, 5] = vocab - 1  # EOT: the largest id
+    text[:, 6:] = 0
+    return text
+
+
+def fused_qkv(
+    B: int = 2, N: int = 10, H: int = 3, d: int = 8, dtype: torch.dtype = torch.float32, requires_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v in FlashAttention's layout (B, N, heads, d) as the model passes them: strided views of one
+    fused qkv projection of shape (B, N, 3, heads, d), not contiguous tensors of their own."""
+    qkv = torch.randn(B, N, 3, H, d, dtype=dtype, requires_grad=requires_grad)
+    q, k, v = qkv.unbind(2)
+    assert not q.is_contiguous()
+    return q, k, v
+
+
+def _grads(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    torch.manual_seed(seed)
+    model(x).square().sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(got: dict, ref: dict, **tol: float) -> None:
+    assert got.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], **tol, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa4_matches_math_attention(causal: bool, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    # (B, heads, N, d) as attention() takes them; N not a power of two.
+    q, k, v = (torch.randn(2, 3, 37, 16, dtype=dtype, requires_grad=True) for _ in range(3))
+    out = attention(q, k, v, "fa4", causal)
+    ref = attention(q, k, v, "math", causal)
+    assert out.shape == ref.shape and out.dtype == dtype
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad_out)
+    # The forward is exact in the input precision; backward rebuilds the probabilities from the float32
+    # logsumexp (as FlashAttention does), so in float64 it is only float32-exact.
+    out_tol = dict(atol=1e-12, rtol=1e-12) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
+    grad_tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref, **out_tol)
+    for name, g, r in zip("qkv", grads, ref_grads, strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g, r, **grad_tol, msg=name)
+    if dtype == torch.float64:
+        # Given a float64 logsumexp, the backward kernel is float64-exact: the float32 lse is the only loss.
+        q_, k_, v_ = (t.detach().transpose(1, 2) for t in (q, k, v))
+        scores = torch.einsum("bqhd,bkhd->bhqk", q_, k_) * q_.shape[-1] ** -0.5
+        if causal:
+            scores = scores.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
+        exact = torch.ops.avtool.fa4_backward(
+            grad_out.transpose(1, 2), q_, k_, v_, out.detach().transpose(1, 2), scores.logsumexp(-1), causal
+        )
+        for name, g, r in zip("qkv", exact, ref_grads, strict=True):
+            torch.testing.assert_close(g.transpose(1, 2), r, atol=1e-12, rtol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa4_logsumexp_and_causal_mask(causal: bool) -> None:
+    torch.manual_seed(0)
+    q, k, v = fused_qkv(dtype=torch.float64)
+    out, lse = torch.ops.avtool.fa4_forward(q, k, v, causal)
+    B, N, H, d = q.shape
+    assert out.shape == (B, N, H, d) and out.dtype == torch.float64 and out.is_contiguous()
+    assert lse.shape == (B, H, N) and lse.dtype == torch.float32 and lse.is_contiguous()
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * d**-0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(lse, scores.logsumexp(dim=-1).float())
+    torch.testing.assert_close(out, fa4_attention(q, k, v, causal))
+    if causal:
+        # The first query sees only the first key; no query sees a later value.
+        torch.testing.assert_close(out[:, 0], v[:, 0])
+        v2 = v.clone()
+        v2[:, 6:] += 1.0
+        torch.testing.assert_close(fa4_attention(q, k, v2, causal)[:, :6], out[:, :6])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa4_matches_math_on_strided_inputs(causal: bool) -> None:
+    torch.manual_seed(0)
+    q, k, v = fused_qkv(dtype=torch.float64, requires_grad=True)
+    out = fa4_attention(q, k, v, causal)
+    ref = attention(*(t.transpose(1, 2) for t in (q, k, v)), "math", causal).transpose(1, 2)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    (qkv,) = {t._base for t in (q, k, v)}
+    grad_out = torch.randn_like(out)
+    (grad,) = torch.autograd.grad(out, qkv, grad_out)
+    (ref_grad,) = torch.autograd.grad(ref, qkv, grad_out)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_opcheck_fa4_ops(causal: bool, strided: bool) -> None:
+    torch.manual_seed(0)
+    if strided:
+        q, k, v = fused_qkv(N=9, requires_grad=True)
+    else:
+        q, k, v = (torch.randn(2, 9, 3, 8, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(torch.ops.avtool.fa4_forward, (q, k, v, causal))
+
+    plain = [t.detach() for t in (q, k, v)]  # still strided views when strided
+    assert plain[0].is_contiguous() != strided
+    out, lse = torch.ops.avtool.fa4_forward(*plain, causal)
+    grad_out = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.avtool.fa4_backward, (grad_out, *plain, out, lse, causal))
+    dq, dk, dv = torch.ops.avtool.fa4_backward(grad_out, *plain, out, lse, causal)
+    for g, t in zip((dq, dk, dv), plain, strict=True):
+        assert g.shape == t.shape and g.dtype == t.dtype and g.is_contiguous()
+
+
+def _graphs_backend(graphs: list):
+    """An aot_autograd backend that records its forward and backward graphs and runs them as they are."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def compiler(gm: torch.fx.GraphModule, example_inputs: list):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)
+
+
+def _ops(gm: torch.fx.GraphModule) -> set:
+    return {node.target for node in gm.graph.nodes if node.op == "call_function"}
+
+
+def test_compile_keeps_fa4_as_one_op() -> None:
+    torch._dynamo.reset()
+    graphs: list = []
+
+    def f(q, k, v):
+        return fa4_attention(q, k, v, True).square().sum()
+
+    q, k, v = fused_qkv(N=6, H=2, requires_grad=True)
+    torch.compile(f, backend=_graphs_backend(graphs), fullgraph=True)(q, k, v).backward()
+    fw, bw = graphs
+    assert FA4_FORWARD in _ops(fw) and FA4_BACKWARD not in _ops(fw)
+    assert FA4_BACKWARD in _ops(bw)
+    # Opaque: no softmax or exp of the CPU kernel was traced into either graph.
+    assert not {torch.ops.aten.exp.default, torch.ops.aten.logsumexp.default} & (_ops(fw) | _ops(bw))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fa4_under_inductor_matches_eager(causal: bool) -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+
+    def f(x, w):
+        # As in Attention.forward: a fused qkv projection, viewed (not copied) into q, k, v.
+        B, N, _ = x.shape
+        q, k, v = (x @ w).view(B, N, 3, 2, 8).unbind(2)
+        return fa4_attention(q, k, v, causal).reshape(B, N, 16)
+
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    w = torch.randn(16, 48, requires_grad=True)
+    grad_out = torch.randn(2, 7, 16)
+    ref = f(x, w)
+    ref_grads = torch.autograd.grad(ref, (x, w), grad_out)
+    out = torch.compile(f, fullgraph=True)(x, w)
+    grads = torch.autograd.grad(out, (x, w), grad_out)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for name, g, r in zip("xw", grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg=name)
+
+
+class _CountFa4(TorchDispatchMode):
+    """Counts the calls of the fa4 ops that reach their (CPU) kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward = 0
+        self.backward = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.forward += func is FA4_FORWARD
+        self.backward += func is FA4_BACKWARD
+        return func(*args, **(kwargs or {}))
+
+
+def test_video_vit_fa4_matches_sdpa() -> None:
+    torch.manual_seed(0)
+    sdpa = VideoViT(VideoTowerConfig.tiny(layers=3, attn_impl="sdpa")).train()
+    fa4 = VideoViT(VideoTowerConfig.tiny(layers=3, attn_impl="fa4")).train()
+    fa4.load_state_dict(sdpa.state_dict())
+    assert all(block.attn.impl == "fa4" for block in fa4.transformer.blocks)
+    x = video()
+    torch.testing.assert_close(fa4(x), sdpa(x), atol=1e-5, rtol=1e-5)
+    ref = _grads(sdpa, x)
+    with _CountFa4() as counter:
+        got = _grads(fa4, x)
+    assert (counter.forward, counter.backward) == (3, 3)  # fa4 really ran, once per block each way
+    _assert_same_grads(got, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["vit", "timesformer"])
+def test_fa4_blocks_that_keep_attention_do_not_recompute_it(arch: str) -> None:
+    per_block = 2 if arch == "timesformer" else 1  # temporal and spatial attention
+    # Drop path is on: the recomputed rest of a block must replay the random masks of its forward.
+    torch.manual_seed(0)
+    cfg = VideoTowerConfig.tiny(arch=arch, layers=3, attn_impl="fa4", drop_path_rate=0.3)
+    model = build_video_tower(cfg).train()
+    x = video()
+    with _CountFa4() as counter:
+        ref = _grads(model, x)
+    assert (counter.forward, counter.backward) == (3 * per_block, 3 * per_block)
+    for blocks, keep in ((3, 0), (3, 3), (3, 1), (2, 2), (2, 1)):
+        model.set_grad_checkpointing(True, blocks, keep_attention=keep)
+        kept = [model.transformer.keeps_attention(i) for i in range(3)]
+        assert kept == [blocks - keep <= i < blocks for i in range(3)], (blocks, keep)  # the last k checkpointed
+        with _CountFa4() as counter:
+            got = _grads(model, x)
+        recomputed = blocks - keep  # checkpointed blocks that do not keep their attention
+        assert counter.forward == (3 + recomputed) * per_block, (blocks, keep)
+        assert counter.backward == 3 * per_block, (blocks, keep)
+        _assert_same_grads(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_video_vit_fa4_config_keeps_attention() -> None:
+    cfg = VideoTowerConfig.tiny(
+        layers=3, attn_impl="fa4", grad_checkpointing=True, grad_checkpointing_keep_attention=2
+    )  # accepted: fa4 is an op selective checkpointing can keep
+    model = VideoViT(cfg).train()
+    assert [model.transformer.keeps_attention(i) for i in range(3)] == [False, True, True]
+    with _CountFa4() as counter:
+        _grads(model, video())
+    assert (counter.forward, counter.backward) == (3 + 1, 3)
+
+
+def test_check_attn_impl_fa4() -> None:
+    assert check_attn_impl("fa4", on_cuda=False) is None
+    assert check_keeps_attention("fa4") is None
+    if not torch.cuda.is_available():
+        assert check_attn_impl("fa4") is None  # on_cuda=None: this machine, which has no GPU
+
+
+@pytest.mark.skipif(fa4_available(), reason="flash-attn-4 is installed")
+def test_fa4_package_missing_is_reported_for_cuda_only() -> None:
+    message = check_attn_impl("fa4", on_cuda=True)
+    assert message is not None and "\n" not in message
+    assert INSTALL_HINT == "pip install 'avtool[fa4]'" and INSTALL_HINT in message
+    assert "fa4" in message and "CUDA" in message
+
+
+@pytest.mark.parametrize("length", [16, 11])
+def test_text_tower_fa4_matches_sdpa(length: int) -> None:
+    torch.manual_seed(0)
+    sdpa = TextTransformer(TextTowerConfig.tiny(attn_impl="sdpa"))
+    fa4 = TextTransformer(TextTowerConfig.tiny(attn_impl="fa4"))
+    fa4.load_state_dict(sdpa.state_dict())
+    assert all(block.attn.impl == "fa4" and block.attn.causal for block in fa4.transformer.blocks)
+    text = tokens(length=length)
+    torch.testing.assert_close(fa4(text), sdpa(text), atol=1e-5, rtol=1e-5)
+    ref = _grads(sdpa, text)
+    # Gradients reach ~100 here (the loss is a sum of squares); math attention differs from sdpa as much.
+    _assert_same_grads(_grads(fa4, text), ref, atol=1e-4, rtol=1e-4)
+    fa4.set_grad_checkpointing(True)
+    with _CountFa4() as counter:
+        got = _grads(fa4, text)
+    assert (counter.forward, counter.backward) == (2 * 2, 2)  # checkpointed: each block's attention recomputed
+    _assert_same_grads(got, ref, atol=1e-4, rtol=1e-4)
+
+    # Causal: tokens after the EOT token do not change the pooled feature.
+    after = text.clone()
+    after[:, 7] = 3
+    torch.testing.assert_close(fa4(after), fa4(text))
+
+
+def test_logsumexp_is_not_differentiable() -> None:
+    # Backward ignores the logsumexp's gradient, so autograd must not let a loss use it silently.
+    q, k, v = fused_qkv(requires_grad=True)
+    out, lse = torch.ops.avtool.fa4_forward(q, k, v, False)
+    assert out.requires_grad and not lse.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        lse.sum().backward()
+
+
+def test_causal_fa4_needs_equal_lengths() -> None:
+    q = torch.randn(1, 4, 2, 8)
+    kv = torch.randn(1, 6, 2, 8)
+    with pytest.raises(ValueError, match="4 queries but 6 keys"):
+        fa4_attention(q, kv, kv, causal=True)
+    assert fa4_attention(q, kv, kv).shape == q.shape  # without a mask, lengths may differ
