@@ -312,3 +312,19 @@ def test_causal_fa4_needs_equal_lengths() -> None:
     with pytest.raises(ValueError, match="4 queries but 6 keys"):
         fa4_attention(q, kv, kv, causal=True)
     assert fa4_attention(q, kv, kv).shape == q.shape  # without a mask, lengths may differ
+
+
+def test_attention_kernel_benchmark_script_runs_tiny(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attention_kernels.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--tiny"], check=True, capture_output=True)
+    rows = pd.read_csv(tmp_path / "attention.csv")
+    assert list(rows.impl) == ["math", "sdpa", "fa4"]
+    assert (rows.forward_ms > 0).all() and (rows.forward_backward_ms > 0).all()
+    # Every kernel computes the math baseline's function (bf16 rounding apart).
+    assert (rows.max_abs_diff_out < 0.05).all() and (rows.max_abs_diff_grad < 0.05).all()
