@@ -12,20 +12,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from avtool.models import TextTowerConfig, TextTransformer, VideoTowerConfig, VideoViT, attention, build_video_tower
 from avtool.models.attention import check_attn_impl, check_keeps_attention
 from avtool.models.fa4 import INSTALL_HINT, fa4_attention, fa4_available
+from tests.test_models import tokens, video
 
 FA4_FORWARD = torch.ops.avtool.fa4_forward.default
 FA4_BACKWARD = torch.ops.avtool.fa4_backward.default
-
-
-def video(batch: int = 2, frames: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.randn(batch, 3, frames, size, size)
-
-
-def tokens(batch: int = 2, length: int = 16, vocab: int = 1000) -> torch.Tensor:
-    text = torch.randint(1, vocab - 1, (batch, length))
-    text[:, 5] = vocab - 1  # EOT: the largest id
-    text[:, 6:] = 0
-    return text
 
 
 def fused_qkv(
