@@ -1,6 +1,7 @@
 """The issue's speed and memory goals for the ViT-B dual encoder on one GPU, measured in one run.
 
-    python benchmarks/gpu_goals.py --out DIR [--suite eager|bf16-residual|compiled|budget|selective|autotune ...]
+    python benchmarks/gpu_goals.py --out DIR
+        [--suite eager|bf16-residual|compiled|budget|selective|autotune|fa4|fa4-eager ...]
         [--only NAME ...] [--profile NAME] [--memory NAME ...]
 
 Fixed batches, 4 frames at 224², bf16 autocast, data already on the GPU; the suites are described in
@@ -46,8 +47,9 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
     every kernel autotuned. `fa4`: the compiled best with cuDNN (all but two blocks keep their attention),
     then FlashAttention-4 in its place: the same, every block checkpointed, every block keeping its
-    attention, B=small without checkpointing, the last block not checkpointed, and matmul autotuning. `fa4-eager`: the math baseline, cuDNN and FlashAttention-4
-    at B=small, eager (the second goal's comparison).
+    attention, the last block not checkpointed, matmul autotuning, and B=small without checkpointing.
+    `fa4-eager`: the math baseline, cuDNN and FlashAttention-4 at B=small, eager (the second goal's
+    comparison).
     """
 
     def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
