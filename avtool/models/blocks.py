@@ -171,7 +171,7 @@ class Transformer(nn.Module):
     Checkpointing the first k rather than the last k: early activations live longest, and the last
     blocks' activations are consumed first by backward anyway. Of the checkpointed blocks, the last
     ``keep_attention_blocks`` checkpoint selectively: they keep the outputs of their attention kernel
-    (SDPA's flash, memory-efficient or cuDNN kernels; ``math`` attention is recomputed as before), so
+    (SDPA's flash, memory-efficient or cuDNN kernels, or ``fa4``; ``math`` attention is recomputed), so
     backward recomputes everything in them but the attention. The last rather than the first: memory peaks
     in the last block's backward, where a block that kept its attention needs less transient memory, and
     backward frees the kept outputs of the last blocks first (measured in benchmarks/README.md).

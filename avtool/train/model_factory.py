@@ -47,7 +47,8 @@ class ModelConfig:
     """Size of the joint video-text embedding (the paper's projection heads are 256-d)."""
     attn: AttnImpl = "sdpa"
     """Attention kernel: `sdpa` (torch picks flash / memory-efficient), `flash`, `efficient`, `cudnn`,
-    `math` (the paper's baseline, N×N memory), `flash-attn` (the optional package)."""
+    `math` (the paper's baseline, N×N memory), `flash-attn` and `fa4` (the optional flash-attn and flash-attn-4
+    packages)."""
     grad_checkpointing: bool = True
     """Recompute each block's activations in backward (§4.1): 13× the batch for ~15% more time."""
     ckpt_keep_attention: int = 0
