@@ -9,7 +9,15 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from avtool.models import TextTowerConfig, TextTransformer, VideoTowerConfig, VideoViT, attention, build_video_tower
+from avtool.models import (
+    Attention,
+    TextTowerConfig,
+    TextTransformer,
+    VideoTowerConfig,
+    VideoViT,
+    attention,
+    build_video_tower,
+)
 from avtool.models.attention import check_attn_impl, check_keeps_attention
 from avtool.models.fa4 import INSTALL_HINT, fa4_attention, fa4_available
 from tests.test_models import tokens, video
@@ -20,13 +28,9 @@ FA4_BACKWARD = torch.ops.avtool.fa4_backward.default
 
 def fused_qkv(
     B: int = 2, N: int = 10, H: int = 3, d: int = 8, dtype: torch.dtype = torch.float32, requires_grad: bool = False
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v in FlashAttention's layout (B, N, heads, d) as the model passes them: strided views of one
-    fused qkv projection of shape (B, N, 3, heads, d), not contiguous tensors of their own."""
-    qkv = torch.randn(B, N, 3, H, d, dtype=dtype, requires_grad=requires_grad)
-    q, k, v = qkv.unbind(2)
-    assert not q.is_contiguous()
-    return q, k, v
+) -> torch.Tensor:
+    """A fused qkv projection viewed as (B, N, 3, heads, d), as ``Attention`` passes it to the op."""
+    return torch.randn(B, N, 3, H, d, dtype=dtype, requires_grad=requires_grad)
 
 
 def _grads(model: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -64,22 +68,23 @@ def test_fa4_matches_math_attention(causal: bool, dtype: torch.dtype) -> None:
         torch.testing.assert_close(g, r, **grad_tol, msg=name)
     if dtype == torch.float64:
         # Given a float64 logsumexp, the backward kernel is float64-exact: the float32 lse is the only loss.
-        q_, k_, v_ = (t.detach().transpose(1, 2) for t in (q, k, v))
-        scores = torch.einsum("bqhd,bkhd->bhqk", q_, k_) * q_.shape[-1] ** -0.5
+        qkv = torch.stack([t.detach().transpose(1, 2) for t in (q, k, v)], dim=2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", qkv[:, :, 0], qkv[:, :, 1]) * qkv.shape[-1] ** -0.5
         if causal:
             scores = scores.masked_fill(torch.ones(37, 37, dtype=torch.bool).triu(1), float("-inf"))
         exact = torch.ops.avtool.fa4_backward(
-            grad_out.transpose(1, 2), q_, k_, v_, out.detach().transpose(1, 2), scores.logsumexp(-1), causal
+            grad_out.transpose(1, 2), qkv, out.detach().transpose(1, 2), scores.logsumexp(-1), causal
         )
-        for name, g, r in zip("qkv", exact, ref_grads, strict=True):
+        for name, g, r in zip("qkv", exact.unbind(2), ref_grads, strict=True):
             torch.testing.assert_close(g.transpose(1, 2), r, atol=1e-12, rtol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_fa4_logsumexp_and_causal_mask(causal: bool) -> None:
     torch.manual_seed(0)
-    q, k, v = fused_qkv(dtype=torch.float64)
-    out, lse = torch.ops.avtool.fa4_forward(q, k, v, causal)
+    qkv = fused_qkv(dtype=torch.float64)
+    q, k, v = qkv.unbind(2)
+    out, lse = torch.ops.avtool.fa4_forward(qkv, causal)
     B, N, H, d = q.shape
     assert out.shape == (B, N, H, d) and out.dtype == torch.float64 and out.is_contiguous()
     assert lse.shape == (B, H, N) and lse.dtype == torch.float32 and lse.is_contiguous()
@@ -87,26 +92,28 @@ def test_fa4_logsumexp_and_causal_mask(causal: bool) -> None:
     if causal:
         scores = scores.masked_fill(torch.ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
     torch.testing.assert_close(lse, scores.logsumexp(dim=-1).float())
-    torch.testing.assert_close(out, fa4_attention(q, k, v, causal))
+    torch.testing.assert_close(out, fa4_attention(qkv, causal))
     if causal:
         # The first query sees only the first key; no query sees a later value.
         torch.testing.assert_close(out[:, 0], v[:, 0])
-        v2 = v.clone()
-        v2[:, 6:] += 1.0
-        torch.testing.assert_close(fa4_attention(q, k, v2, causal)[:, :6], out[:, :6])
+        later = qkv.clone()
+        later[:, 6:, 2] += 1.0
+        torch.testing.assert_close(fa4_attention(later, causal)[:, :6], out[:, :6])
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_fa4_matches_math_on_strided_inputs(causal: bool) -> None:
+def test_fa4_gradient_is_the_fused_projections(causal: bool) -> None:
+    # The backward returns one gradient for the whole (B, N, 3, heads, d) projection, in its layout.
     torch.manual_seed(0)
-    q, k, v = fused_qkv(dtype=torch.float64, requires_grad=True)
-    out = fa4_attention(q, k, v, causal)
-    ref = attention(*(t.transpose(1, 2) for t in (q, k, v)), "math", causal).transpose(1, 2)
+    qkv = fused_qkv(dtype=torch.float64, requires_grad=True)
+    out = fa4_attention(qkv, causal)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    ref = attention(q, k, v, "math", causal).transpose(1, 2)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
-    (qkv,) = {t._base for t in (q, k, v)}
     grad_out = torch.randn_like(out)
     (grad,) = torch.autograd.grad(out, qkv, grad_out)
     (ref_grad,) = torch.autograd.grad(ref, qkv, grad_out)
+    assert grad.shape == qkv.shape and grad.is_contiguous()
     torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
 
 
@@ -114,20 +121,16 @@ def test_fa4_matches_math_on_strided_inputs(causal: bool) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 def test_opcheck_fa4_ops(causal: bool, strided: bool) -> None:
     torch.manual_seed(0)
-    if strided:
-        q, k, v = fused_qkv(N=9, requires_grad=True)
-    else:
-        q, k, v = (torch.randn(2, 9, 3, 8, requires_grad=True) for _ in range(3))
-    torch.library.opcheck(torch.ops.avtool.fa4_forward, (q, k, v, causal))
-
-    plain = [t.detach() for t in (q, k, v)]  # still strided views when strided
-    assert plain[0].is_contiguous() != strided
-    out, lse = torch.ops.avtool.fa4_forward(*plain, causal)
+    qkv = fused_qkv(N=9)
+    if strided:  # every other token of a longer projection: a view, not a tensor of its own
+        qkv = fused_qkv(N=18)[:, ::2]
+    assert qkv.is_contiguous() != strided
+    torch.library.opcheck(torch.ops.avtool.fa4_forward, (qkv.clone().requires_grad_(), causal))
+    out, lse = torch.ops.avtool.fa4_forward(qkv, causal)
     grad_out = torch.randn_like(out)
-    torch.library.opcheck(torch.ops.avtool.fa4_backward, (grad_out, *plain, out, lse, causal))
-    dq, dk, dv = torch.ops.avtool.fa4_backward(grad_out, *plain, out, lse, causal)
-    for g, t in zip((dq, dk, dv), plain, strict=True):
-        assert g.shape == t.shape and g.dtype == t.dtype and g.is_contiguous()
+    torch.library.opcheck(torch.ops.avtool.fa4_backward, (grad_out, qkv, out, lse, causal))
+    grad = torch.ops.avtool.fa4_backward(grad_out, qkv, out, lse, causal)
+    assert grad.shape == qkv.shape and grad.dtype == qkv.dtype and grad.is_contiguous()
 
 
 def _graphs_backend(graphs: list):
@@ -150,16 +153,32 @@ def test_compile_keeps_fa4_as_one_op() -> None:
     torch._dynamo.reset()
     graphs: list = []
 
-    def f(q, k, v):
-        return fa4_attention(q, k, v, True).square().sum()
+    def f(qkv):
+        return fa4_attention(qkv, True).square().sum()
 
-    q, k, v = fused_qkv(N=6, H=2, requires_grad=True)
-    torch.compile(f, backend=_graphs_backend(graphs), fullgraph=True)(q, k, v).backward()
+    torch.compile(f, backend=_graphs_backend(graphs), fullgraph=True)(
+        fused_qkv(N=6, H=2, requires_grad=True)
+    ).backward()
     fw, bw = graphs
     assert FA4_FORWARD in _ops(fw) and FA4_BACKWARD not in _ops(fw)
     assert FA4_BACKWARD in _ops(bw)
     # Opaque: no softmax or exp of the CPU kernel was traced into either graph.
     assert not {torch.ops.aten.exp.default, torch.ops.aten.logsumexp.default} & (_ops(fw) | _ops(bw))
+
+
+@pytest.mark.parametrize("impl", ["fa4", "sdpa"])
+def test_fa4_backward_needs_no_gather_into_the_qkv_gradient(impl: str) -> None:
+    # fa4's backward writes the fused projection's gradient itself; with separate dq, dk, dv (sdpa) the
+    # backward graph has to concatenate them before the projection's own backward.
+    torch._dynamo.reset()
+    graphs: list = []
+    layer = Attention(16, num_heads=2, impl=impl)
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    torch.compile(layer, backend=_graphs_backend(graphs), fullgraph=True)(x).sum().backward()
+    _, bw = graphs
+    aten = torch.ops.aten
+    gathers = {aten.cat.default, aten.stack.default, aten.select_backward.default, aten.clone.default} & _ops(bw)
+    assert bool(gathers) == (impl == "sdpa"), gathers  # sdpa: select_backward of q, k, v, summed
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -168,10 +187,9 @@ def test_fa4_under_inductor_matches_eager(causal: bool) -> None:
     torch.manual_seed(0)
 
     def f(x, w):
-        # As in Attention.forward: a fused qkv projection, viewed (not copied) into q, k, v.
+        # As in Attention.forward: a fused qkv projection, viewed (not copied) as (B, N, 3, heads, d).
         B, N, _ = x.shape
-        q, k, v = (x @ w).view(B, N, 3, 2, 8).unbind(2)
-        return fa4_attention(q, k, v, causal).reshape(B, N, 16)
+        return fa4_attention((x @ w).view(B, N, 3, 2, 8), causal).reshape(B, N, 16)
 
     x = torch.randn(2, 7, 16, requires_grad=True)
     w = torch.randn(16, 48, requires_grad=True)
@@ -289,19 +307,19 @@ def test_text_tower_fa4_matches_sdpa(length: int) -> None:
 
 def test_logsumexp_is_not_differentiable() -> None:
     # Backward ignores the logsumexp's gradient, so autograd must not let a loss use it silently.
-    q, k, v = fused_qkv(requires_grad=True)
-    out, lse = torch.ops.avtool.fa4_forward(q, k, v, False)
+    out, lse = torch.ops.avtool.fa4_forward(fused_qkv(requires_grad=True), False)
     assert out.requires_grad and not lse.requires_grad
     with pytest.raises(RuntimeError, match="does not require grad"):
         lse.sum().backward()
 
 
-def test_causal_fa4_needs_equal_lengths() -> None:
-    q = torch.randn(1, 4, 2, 8)
-    kv = torch.randn(1, 6, 2, 8)
-    with pytest.raises(ValueError, match="4 queries but 6 keys"):
-        fa4_attention(q, kv, kv, causal=True)
-    assert fa4_attention(q, kv, kv).shape == q.shape  # without a mask, lengths may differ
+def test_fa4_is_self_attention() -> None:
+    q = torch.randn(1, 2, 4, 8)
+    kv = torch.randn(1, 2, 6, 8)
+    with pytest.raises(ValueError, match="self-attention"):
+        attention(q, kv, kv, "fa4", causal=True)
+    with pytest.raises(ValueError, match=r"\(B, N, 3, heads, d\)"):
+        fa4_attention(torch.randn(1, 4, 2, 2, 8))
 
 
 def test_attention_kernel_benchmark_script_runs_tiny(tmp_path) -> None:
@@ -318,3 +336,20 @@ def test_attention_kernel_benchmark_script_runs_tiny(tmp_path) -> None:
     assert (rows.forward_ms > 0).all() and (rows.forward_backward_ms > 0).all()
     # Every kernel computes the math baseline's function (bf16 rounding apart).
     assert (rows.max_abs_diff_out < 0.05).all() and (rows.max_abs_diff_grad < 0.05).all()
+
+
+def test_fa4_tile_sweep_lists_its_candidates(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "fa4_tiles.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--list"], check=True, capture_output=True)
+    rows = pd.read_csv(tmp_path / "fa4_tiles.csv").set_index("tiles")
+    assert set(rows.kind) == {"forward", "backward"} and (rows.tokens == 785).all()
+    # 785 tokens in 128-token tiles: 7 tiles of 896 in each direction.
+    assert rows.loc["package 128x128 swapS atoms122", "padded_work"] == round(896**2 / 785**2, 3)
+    assert rows.loc["package 192x128 RS overlap", "padded_work"] == round(960 * 896 / 785**2, 3)
+    assert (rows.padded_work >= 1).all()

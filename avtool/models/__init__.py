@@ -4,7 +4,14 @@ open_clip weights and configs are in `avtool.models.open_clip_weights` (not impo
 takes seconds to import and training from an avtool checkpoint does not need it).
 """
 
-from avtool.models.attention import ATTN_IMPLS, Attention, AttnImpl, attention, flash_attn_available
+from avtool.models.attention import (
+    ATTN_IMPLS,
+    Attention,
+    AttnImpl,
+    attention,
+    flash_attn_available,
+    fused_attention,
+)
 from avtool.models.blocks import Block, DividedSpaceTimeBlock, DropPath, Transformer
 from avtool.models.classifier import VideoClassifier
 from avtool.models.dual_encoder import DualEncoder, DualEncoderConfig, DualEncoderOutput
@@ -39,6 +46,7 @@ __all__ = [
     "attention",
     "build_video_tower",
     "flash_attn_available",
+    "fused_attention",
     "interpolate_temporal_embedding",
     "load_state_dict_resized",
     "resize_temporal_embeddings",

@@ -86,11 +86,23 @@ def attention(
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=causal)
         return out.transpose(1, 2)
     if impl == "fa4":
-        return fa4_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal).transpose(1, 2)
+        if not q.shape == k.shape == v.shape:
+            raise ValueError(f"fa4 is self-attention: q, k, v of one shape, not {[tuple(t.shape) for t in (q, k, v)]}")
+        # Separate tensors are packed (a copy); models pass their fused projection to fused_attention.
+        return fa4_attention(torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=2), causal).transpose(1, 2)
     if impl == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     with sdpa_kernel(_SDPA_BACKENDS[impl]):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+
+def fused_attention(qkv: torch.Tensor, impl: AttnImpl = "sdpa", causal: bool = False) -> torch.Tensor:
+    """Self-attention of a fused projection viewed as (B, N, 3, heads, head_dim); returns (B, N, heads,
+    head_dim). ``fa4`` takes the projection whole; the others take strided views of q, k and v."""
+    if impl == "fa4" and qkv.device.type != "meta":
+        return fa4_attention(qkv, causal)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    return attention(q, k, v, impl, causal).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -111,9 +123,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        x = attention(q, k, v, self.impl, self.causal)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads)
+        return self.proj(fused_attention(qkv, self.impl, self.causal).reshape(B, N, C))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, impl={self.impl!r}, causal={self.causal}"
