@@ -141,4 +141,5 @@ def collect_environment() -> dict:
         "flash_attn_package": _version("flash-attn"),
         "flash_attn_4_package": _version("flash-attn-4"),
         "cutlass_dsl": _version("nvidia-cutlass-dsl"),
+        "quack_kernels": _version("quack-kernels"),
     }

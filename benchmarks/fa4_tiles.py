@@ -28,14 +28,18 @@ from pathlib import Path
 
 import torch
 
-from avtool.models.fa4 import PACKAGE_TILES, HopperTiles, fa4_available, run_backward_kernel, run_forward_kernel
+from avtool.models.fa4 import (
+    PACKAGE_TILES,
+    HopperTiles,
+    backward_tiles,
+    fa4_available,
+    run_backward_kernel,
+    run_forward_kernel,
+)
 from avtool.results import write_results
 
 PACKAGE_FORWARD = (192, 128, True, True)
-PACKAGE_BACKWARD = dict(
-    m_block_size=128, n_block_size=128, num_stages_Q=2, num_stages_dO=2, num_stages_PdS=2,
-    SdP_swapAB=True, dKV_swapAB=False, dQ_swapAB=False, AtomLayoutMSdP=1, AtomLayoutNdKV=2, AtomLayoutMdQ=2,
-)  # fmt: skip
+PACKAGE_BACKWARD = backward_tiles(128, 128, True, False, (1, 2, 2))
 """What the package picks on Hopper at head_dim 64 (``_tile_size_fwd_sm90``, ``_tile_size_bwd_sm90``)."""
 
 FORWARD_CANDIDATES: list[tuple[int, int, bool, bool]] = [
@@ -49,22 +53,15 @@ FORWARD_CANDIDATES: list[tuple[int, int, bool, bool]] = [
 ]
 
 
-def _backward(m: int, n: int, sdp: bool, dkv: bool, atom_sdp: int, atom_dq: int, **extra) -> dict:
-    return PACKAGE_BACKWARD | dict(
-        m_block_size=m, n_block_size=n, SdP_swapAB=sdp, dKV_swapAB=dkv, AtomLayoutMSdP=atom_sdp,
-        AtomLayoutMdQ=atom_dq, **extra,
-    )  # fmt: skip
-
-
-BACKWARD_CANDIDATES: list[dict] = [
-    _backward(64, 128, True, False, 1, 1),
-    _backward(64, 128, True, False, 1, 1, dQ_single_wg=True),
-    _backward(64, 96, False, True, 1, 1),
-    _backward(64, 144, False, True, 1, 1),
-    _backward(64, 160, False, True, 1, 1),
-    _backward(64, 192, False, True, 1, 1),
-    _backward(128, 80, False, True, 2, 2),
-    _backward(128, 144, False, True, 2, 2),
+BACKWARD_CANDIDATES: list[tuple] = [
+    backward_tiles(64, 128, True, False, (1, 2, 1)),
+    backward_tiles(64, 128, True, False, (1, 2, 1), dQ_single_wg=True),
+    backward_tiles(64, 96, False, True, (1, 2, 1)),
+    backward_tiles(64, 144, False, True, (1, 2, 1)),
+    backward_tiles(64, 160, False, True, (1, 2, 1)),
+    backward_tiles(64, 192, False, True, (1, 2, 1)),
+    backward_tiles(128, 80, False, True, (2, 2, 2)),
+    backward_tiles(128, 144, False, True, (2, 2, 2)),
 ]
 
 
@@ -78,7 +75,8 @@ def forward_label(tile: tuple[int, int, bool, bool]) -> str:
     return f"{m}x{n}" + (" RS" if rs else "") + (" overlap" if overlap else "")
 
 
-def backward_label(fields: dict) -> str:
+def backward_label(tiles: tuple) -> str:
+    fields = dict(tiles)
     swaps = "".join(name[0] for name, on in (("S", fields["SdP_swapAB"]), ("K", fields["dKV_swapAB"]),
                                               ("Q", fields["dQ_swapAB"])) if on)  # fmt: skip
     atoms = f"{fields['AtomLayoutMSdP']}{fields['AtomLayoutNdKV']}{fields['AtomLayoutMdQ']}"
@@ -91,9 +89,10 @@ def candidates() -> list[tuple[str, str, HopperTiles, tuple[int, int]]]:
     rows = [("forward", "package " + forward_label(PACKAGE_FORWARD), PACKAGE_TILES, PACKAGE_FORWARD[:2])]
     rows += [("forward", forward_label(t), HopperTiles(forward=t), t[:2]) for t in FORWARD_CANDIDATES]
     rows.append(("backward", "package " + backward_label(PACKAGE_BACKWARD), PACKAGE_TILES, (128, 128)))
-    for fields in BACKWARD_CANDIDATES:
-        tiles = HopperTiles(backward=tuple(fields.items()))
-        rows.append(("backward", backward_label(fields), tiles, (fields["m_block_size"], fields["n_block_size"])))
+    for backward in BACKWARD_CANDIDATES:
+        fields = dict(backward)
+        tiles = HopperTiles(backward=backward)
+        rows.append(("backward", backward_label(backward), tiles, (fields["m_block_size"], fields["n_block_size"])))
     return rows
 
 

@@ -47,16 +47,20 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
     every kernel autotuned. `fa4`: the compiled best with cuDNN (all but two blocks keep their attention),
     then FlashAttention-4 in its place: the same, every block checkpointed, every block keeping its
-    attention, the last block not checkpointed, matmul autotuning, and B=small without checkpointing.
+    attention, the last block not checkpointed, matmul autotuning, B=small without checkpointing, and the
+    fused MLP (GELU in quack's GEMM epilogues) with FA4 and with cuDNN.
     `fa4-eager`: the math baseline, cuDNN and FlashAttention-4 at B=small, eager (the second goal's
     comparison).
     """
 
-    def make(variant: str, attn: str, batch: int, fast_conv1: bool = False, **extra) -> ModelBenchConfig:
+    def make(
+        variant: str, attn: str, batch: int, fast_conv1: bool = False, fused_mlp: bool = False, **extra
+    ) -> ModelBenchConfig:
         low = suite not in ("eager", "fa4-eager")
         compiled = suite in ("compiled", "budget", "selective", "autotune", "fa4")
-        video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low)
-        text = dataclasses.replace(base.model.text, low_precision_residual=low)
+        video = dataclasses.replace(base.model.video, fast_conv1=fast_conv1, low_precision_residual=low,
+                                    fused_mlp=fused_mlp)  # fmt: skip
+        text = dataclasses.replace(base.model.text, low_precision_residual=low, fused_mlp=fused_mlp)
         model = dataclasses.replace(base.model, video=video, text=text)
         return dataclasses.replace(
             base, model=model, variants=(variant,), flash_impl=attn, batch_size=batch, compile=compiled,
@@ -124,6 +128,10 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
              make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=layers - 2,
                   compile_mode="max-autotune-gemm")),
             (f"B{small} fa4{tag}", make("flash-attn", "fa4", small)),
+            (f"B{large} fa4+ckpt fast-conv1 keep-attn{layers - 2} fused-mlp{tag}",
+             make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=layers - 2, fused_mlp=True)),
+            (f"B{large} cudnn+ckpt fast-conv1 keep-attn{layers - 2} fused-mlp{tag}",
+             make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2, fused_mlp=True)),
         ],
         "fa4-eager": [
             (f"B{small} math", make("baseline", "flash", small)),

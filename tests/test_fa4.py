@@ -353,3 +353,18 @@ def test_fa4_tile_sweep_lists_its_candidates(tmp_path) -> None:
     assert rows.loc["package 128x128 swapS atoms122", "padded_work"] == round(896**2 / 785**2, 3)
     assert rows.loc["package 192x128 RS overlap", "padded_work"] == round(960 * 896 / 785**2, 3)
     assert (rows.padded_work >= 1).all()
+
+
+def test_hopper_tiles_only_for_measured_shapes() -> None:
+    from avtool.models.fa4 import MEASURED_TILES, PACKAGE_TILES, hopper_tiles
+
+    vit_b = hopper_tiles(785, 64, False)
+    assert vit_b is MEASURED_TILES[(785, 64, False)] and vit_b.forward == (192, 160, True, False)
+    fields = dict(vit_b.backward)
+    assert (fields["m_block_size"], fields["n_block_size"], fields["dKV_swapAB"]) == (64, 160, True)
+    # Every field of the package's BwdConfig without a default is given (it is built from these).
+    required = {"m_block_size", "n_block_size", "num_stages_Q", "num_stages_dO", "num_stages_PdS", "SdP_swapAB",
+                "dKV_swapAB", "dQ_swapAB", "AtomLayoutMSdP", "AtomLayoutNdKV", "AtomLayoutMdQ"}  # fmt: skip
+    assert all(required <= dict(t.backward).keys() for t in MEASURED_TILES.values())
+    assert hopper_tiles(785, 64, True) is PACKAGE_TILES  # causal: not measured
+    assert hopper_tiles(77, 64, True) is PACKAGE_TILES  # the text tower

@@ -414,6 +414,13 @@ def bench_model(
             "less); rounds the residual sums to that dtype."
         ),
     ] = False,
+    fused_mlp: Annotated[
+        bool,
+        typer.Option(
+            help="Compute each MLP with its GELU in the matmuls' epilogues (both towers; quack's CuTe GEMMs on "
+            "Hopper/Blackwell, from pip install 'avtool[fa4]'): the same maths without GELU's own kernels."
+        ),
+    ] = False,
     dtype: Annotated[
         str,
         typer.Option(help="Autocast precision on CUDA: bfloat16, float16 (the paper's) or none (float32)."),
@@ -455,9 +462,9 @@ def bench_model(
     archs = tuple(arch or ("timesformer", "vit"))
     sizes = dict(image_size=image_size, num_frames=frames, patch_size=patch_size, tubelet_size=tubelet)
     video = _video_tower(archs[0], tiny, **sizes, width=width, layers=layers, heads=heads, fast_conv1=fast_conv1,
-                         low_precision_residual=low_precision_residual)  # fmt: skip
+                         low_precision_residual=low_precision_residual, fused_mlp=fused_mlp)  # fmt: skip
     base = DualEncoderConfig.tiny() if tiny else DualEncoderConfig()
-    text = dataclasses.replace(base.text, low_precision_residual=low_precision_residual)
+    text = dataclasses.replace(base.text, low_precision_residual=low_precision_residual, fused_mlp=fused_mlp)
     cfg = ModelBenchConfig(
         model=dataclasses.replace(base, video=video, text=text), archs=archs, variants=tuple(variant or VARIANTS),
         flash_impl=attn, ckpt_blocks=_parse_ckpt_blocks(ckpt_blocks), ckpt_keep_attention=ckpt_keep_attention,
@@ -473,7 +480,8 @@ def bench_model(
         + (f"batch {batch_size}" if batch_size else f"largest batch ≤ {max_batch_size}")
         + (f" in {memory_limit_gb:g} GB" if memory_limit_gb else "")
         + (", compiled" if compile else "")
-        + (", low-precision residual" if low_precision_residual else ""),
+        + (", low-precision residual" if low_precision_residual else "")
+        + (", fused MLP" if fused_mlp else ""),
         highlight=False,
     )
     with console.status("training on synthetic batches ..."):

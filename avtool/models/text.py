@@ -9,6 +9,7 @@ from torch import nn
 
 from avtool.models.attention import AttnImpl, check_attn_impl
 from avtool.models.blocks import Activation, Block, Transformer, init_transformer_
+from avtool.models.fused_mlp import check_fused_mlp
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class TextTowerConfig:
     """Under autocast, carry the residual stream between blocks in the autocast dtype (bf16) instead of
     float32, as pure-bf16 training does: halves the block inputs that checkpointing keeps and the residual's
     memory traffic, at the cost of rounding the residual sums. Meant for bfloat16 (float16 may overflow)."""
+    fused_mlp: bool = False
+    """The MLP's activation in its matmuls' epilogues, as for the video tower."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -54,6 +57,8 @@ class TextTowerConfig:
         attn_problem = check_attn_impl(self.attn_impl)
         if attn_problem:
             out.append(attn_problem)
+        if self.fused_mlp and (mlp_problem := check_fused_mlp()):
+            out.append(mlp_problem)
         return out
 
     @classmethod
@@ -77,7 +82,7 @@ class TextTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
         self.transformer = Transformer(
             [
-                Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, causal=True)
+                Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, causal=True, fused_mlp=cfg.fused_mlp)
                 for _ in range(cfg.layers)
             ],
             cfg.low_precision_residual,

@@ -10,6 +10,7 @@ from torch import nn
 
 from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 from avtool.models.blocks import Activation, Block, DividedSpaceTimeBlock, Transformer, init_transformer_
+from avtool.models.fused_mlp import check_fused_mlp
 from avtool.models.patch_embed import PatchEmbed
 
 VideoArch = Literal["vit", "timesformer"]
@@ -63,6 +64,9 @@ class VideoTowerConfig:
     """Under autocast, carry the residual stream between blocks in the autocast dtype (bf16) instead of
     float32, as pure-bf16 training does: halves the block inputs that checkpointing keeps and the residual's
     memory traffic, at the cost of rounding the residual sums. Meant for bfloat16 (float16 may overflow)."""
+    fused_mlp: bool = False
+    """Compute each MLP with its activation in the matmuls' epilogues (quack's CuTe GEMMs on a Hopper or
+    Blackwell GPU, plain PyTorch on a CPU): saves the activation's memory traffic; same maths."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -85,6 +89,8 @@ class VideoTowerConfig:
         attn_problem = check_attn_impl(self.attn_impl)
         if attn_problem:
             out.append(attn_problem)
+        if self.fused_mlp and (mlp_problem := check_fused_mlp()):
+            out.append(mlp_problem)
         k = self.grad_checkpointing_blocks
         if k is not None and not 0 <= k <= self.layers:
             out.append(f"grad_checkpointing_blocks={k} is outside 0..layers={self.layers}")
@@ -182,7 +188,9 @@ class VideoViT(nn.Module):
             raise ValueError(f"{type(self).__name__} needs arch={self.arch!r}, got {cfg.arch!r}")
 
     def _make_block(self, cfg: VideoTowerConfig, drop_path: float) -> nn.Module:
-        return Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, drop_path=drop_path)
+        return Block(
+            cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, drop_path=drop_path, fused_mlp=cfg.fused_mlp
+        )
 
     @property
     def output_dim(self) -> int:
@@ -231,7 +239,9 @@ class TimeSformer(VideoViT):
     arch: VideoArch = "timesformer"
 
     def _make_block(self, cfg: VideoTowerConfig, drop_path: float) -> nn.Module:
-        return DividedSpaceTimeBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, drop_path)
+        return DividedSpaceTimeBlock(
+            cfg.width, cfg.heads, cfg.mlp_ratio, cfg.act, cfg.attn_impl, drop_path, fused_mlp=cfg.fused_mlp
+        )
 
     def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         return self.transformer(x, num_frames=self.cfg.temporal_size)
