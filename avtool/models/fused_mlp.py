@@ -68,35 +68,42 @@ default. quack's autotuner would try 44 shapes per GEMM, minutes of compilation 
 ``benchmarks/fused_mlp.py`` measures a few instead."""
 
 
-def _let_quack_key_context_vars() -> None:
+def _let_quack_key_dsl_internals() -> None:
     """quack caches each epilogue's kernel under a fingerprint of the Python it depends on, and refuses
-    values it cannot fingerprint. Under cutlass-dsl 4.8.1 its activations reach a ContextVar (the DSL's
-    source-location transforms, which do not change the maths), so every activation epilogue fails with
-    "no fail-closed semantic key". Fingerprint a ContextVar by its name."""
+    values it cannot fingerprint. Under cutlass-dsl 4.8.1 the activation helpers reach such values inside
+    the DSL (a ContextVar of source-location transforms, a method of code objects), so every activation
+    epilogue fails with "no fail-closed semantic key". None of them changes the traced maths of the fixed
+    activations used here: key them by their type and name."""
     from quack.gemm_runtime import identity
 
     package_key = identity.semantic_value_key
-    if getattr(package_key, "keys_context_vars", False):
+    if getattr(package_key, "keys_dsl_internals", False):
         return
 
     def semantic_value_key(value, seen):
         if isinstance(value, contextvars.ContextVar):
             return ("contextvar", value.name)
-        return package_key(value, seen)
+        try:
+            return package_key(value, seen)
+        except TypeError as error:
+            if "fail-closed semantic key" not in str(error):
+                raise
+            kind = type(value)
+            return ("dsl-internal", kind.__module__, kind.__qualname__, getattr(value, "__qualname__", None))
 
-    semantic_value_key.keys_context_vars = True
+    semantic_value_key.keys_dsl_internals = True
     identity.semantic_value_key = semantic_value_key  # its own recursion looks the name up here
 
 
 def run_linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act: str, config=None):
     """quack's GEMM with the bias and activation in its epilogue: (pre, act(pre)) for x (M, K), weight (N, K)."""
-    _let_quack_key_context_vars()
+    _let_quack_key_dsl_internals()
     return _quack.gemm_act(x, weight.T, bias=bias, activation=QUACK_ACTIVATIONS[act], tuned=False, config=config)
 
 
 def run_act_linear_backward(grad_out: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor, act: str, config=None):
     """quack's GEMM grad_out·weight with act'(pre) in its epilogue: (grad of pre, act(pre) recomputed)."""
-    _let_quack_key_context_vars()
+    _let_quack_key_dsl_internals()
     return _quack.gemm_dact(grad_out, weight, pre, activation=QUACK_ACTIVATIONS[act], tuned=False, config=config)
 
 
