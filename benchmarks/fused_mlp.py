@@ -19,17 +19,18 @@ from pathlib import Path
 import torch
 
 from avtool.models.blocks import Mlp
-from avtool.models.fused_mlp import fused_mlp_available, run_act_linear_backward, run_linear_act
+from avtool.models.fused_mlp import HOPPER_GEMM_TILE, fused_mlp_available, run_act_linear_backward, run_linear_act
 from avtool.results import write_results
 
 # (tile_m, tile_n, pingpong, cluster_m, cluster_n): quack's SM90 tuning space has 44 such shapes.
 GEMM_CANDIDATES = [
-    (128, 256, False, 2, 1),
+    tuple(HOPPER_GEMM_TILE.values()),
     (256, 128, False, 2, 1),
     (256, 192, False, 2, 1),
     (128, 192, True, 2, 1),
     (128, 192, True, 1, 2),
 ]
+"""The first is avtool's choice (``HOPPER_GEMM_TILE``)."""
 
 
 def time_ms(run, warmup: int, steps: int, device: torch.device) -> float:
@@ -61,15 +62,16 @@ def mlp_rows(tokens: int, dim: int, hidden: int, device: torch.device, dtype, wa
     flop = 2 * 2 * tokens * dim * hidden
     for name, module in variants.items():
         started = time.perf_counter()
+        params = [x, *module.parameters()]  # every gradient, as in training
         out = module(x)
-        (grad,) = torch.autograd.grad(out, x, grad_out)
+        grad = torch.autograd.grad(out, params, grad_out)[0]
         first_s = time.perf_counter() - started
         reference = reference or (out.detach(), grad)
         with torch.no_grad():
             forward_ms = time_ms(lambda m=module: m(x), warmup, steps, device)
 
-        def both(m=module) -> None:
-            torch.autograd.grad(m(x), x, grad_out)
+        def both(m=module, params=params) -> None:
+            torch.autograd.grad(m(x), params, grad_out)
 
         both_ms = time_ms(both, warmup, steps, device)
         row = dict(

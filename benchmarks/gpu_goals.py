@@ -131,6 +131,9 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
             *[(f"B{large} fa4+ckpt fast-conv1 keep-attn{keep} fused-mlp{tag}",
                make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_keep_attention=keep, fused_mlp=True))
               for keep in dict.fromkeys((layers - 2, layers - 3)) if keep >= 0],
+            (f"B{large} fa4+ckpt fast-conv1 ckpt{layers - 1} keep-attn{layers - 2} fused-mlp{tag}",
+             make("grad-ckpt", "fa4", large, fast_conv1=True, ckpt_blocks=layers - 1, ckpt_keep_attention=layers - 2,
+                  fused_mlp=True)),
             (f"B{large} cudnn+ckpt fast-conv1 keep-attn{layers - 2} fused-mlp{tag}",
              make("grad-ckpt", "cudnn", large, fast_conv1=True, ckpt_keep_attention=layers - 2, fused_mlp=True)),
         ],
