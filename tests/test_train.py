@@ -186,3 +186,14 @@ def test_two_process_ddp_run_through_torchrun(small_sample, chunked_sample, tmp_
     assert "global batch 4 = 2 per process × 2" in result.stdout.replace("\n", " ")
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["videos_per_s"] == pytest.approx(2 * r["videos_per_s_per_gpu"]) for r in records)
+
+
+def test_model_config_fused_mlp_reaches_both_towers() -> None:
+    from avtool.models import DualEncoder
+
+    cfg = dual_encoder_config(dataclasses.replace(TINY, fused_mlp=True))
+    assert cfg.video.fused_mlp and cfg.text.fused_mlp
+    model = DualEncoder(cfg)
+    mlps = [m for m in model.modules() if type(m).__name__ == "Mlp"]
+    assert mlps and all(m.fused for m in mlps)
+    assert not dual_encoder_config(TINY).video.fused_mlp  # off by default

@@ -43,6 +43,13 @@ Attn = Annotated[
     ),
 ]
 GradCkpt = Annotated[bool, typer.Option(help="Gradient checkpointing of every block (paper §4.1).")]
+FusedMlp = Annotated[
+    bool,
+    typer.Option(
+        help="Each MLP with its GELU in the matmuls' epilogues (quack's CuTe GEMMs, pip install 'avtool[fa4]'; "
+        "Hopper/Blackwell): same maths, less memory traffic (benchmarks/README.md)."
+    ),
+]
 CkptKeepAttention = Annotated[
     int,
     typer.Option(
@@ -95,7 +102,7 @@ PretrainedCheckpoint = Annotated[
 
 def _model(
     name: str, pretrained: str | None, frames: int, embed_dim: int, attn: str, grad_ckpt: bool, fast_conv1: bool,
-    drop_path: float, patch_dropout: float, freeze_temperature: bool, ckpt_keep_attention: int,
+    drop_path: float, patch_dropout: float, freeze_temperature: bool, ckpt_keep_attention: int, fused_mlp: bool,
 ) -> ModelConfig:  # fmt: skip
     from avtool.train.model_factory import ModelConfig
 
@@ -103,6 +110,7 @@ def _model(
     return ModelConfig(
         name, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1=fast_conv1, drop_path=drop_path,
         patch_dropout=patch_dropout, freeze_temperature=freeze_temperature, ckpt_keep_attention=ckpt_keep_attention,
+        fused_mlp=fused_mlp,
     )  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -197,6 +205,7 @@ def train_lavila(
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
     ckpt_keep_attention: CkptKeepAttention = 0,
+    fused_mlp: FusedMlp = False,
     fast_conv1: FastConv1 = True,
     patch_dropout: PatchDropout = 0.0,
     freeze_temperature: Annotated[bool, typer.Option(help="Keep the temperature fixed at 0.07.")] = True,
@@ -246,7 +255,7 @@ def train_lavila(
         ek100=_ek100(ek100_root, ek100_annotations, required=False),
         run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, 0.0, patch_dropout,
-                     freeze_temperature, ckpt_keep_attention),
+                     freeze_temperature, ckpt_keep_attention, fused_mlp),
         optim=OptimConfig(lr=lr, fixed_lr=fixed_lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
                           weight_decay=weight_decay),
         decoder=_decoder(decoder, decode_mode, access), local_loss=local_loss,
@@ -267,6 +276,7 @@ def train_mir(
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
     ckpt_keep_attention: CkptKeepAttention = 0,
+    fused_mlp: FusedMlp = False,
     fast_conv1: FastConv1 = True,
     drop_path: Annotated[float, typer.Option(help="Stochastic depth rate of the last video block.")] = 0.1,
     patch_dropout: PatchDropout = 0.0,
@@ -313,7 +323,7 @@ def train_mir(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
         run=_run_config(locals()),
         model=_model(model, pretrained, frames, embed_dim, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout,
-                     False, ckpt_keep_attention),
+                     False, ckpt_keep_attention, fused_mlp),
         optim=OptimConfig(lr=lr, warmup_epochs=warmup_epochs, lr_start=lr_start, lr_end=lr_end,
                           weight_decay=weight_decay),
         decoder=_decoder(decoder, decode_mode, access), margin=margin,
@@ -333,6 +343,7 @@ def train_cls(
     attn: Attn = "sdpa",
     grad_ckpt: GradCkpt = True,
     ckpt_keep_attention: CkptKeepAttention = 0,
+    fused_mlp: FusedMlp = False,
     fast_conv1: FastConv1 = True,
     drop_path: Annotated[float, typer.Option(help="Stochastic depth rate of the last video block.")] = 0.1,
     patch_dropout: PatchDropout = 0.0,
@@ -385,7 +396,7 @@ def train_cls(
         ek100=_ek100(ek100_root, ek100_annotations, required=True), pretrained_checkpoint=pretrained_checkpoint,
         run=_run_config(locals()),
         model=_model(model, pretrained, frames, 256, attn, grad_ckpt, fast_conv1, drop_path, patch_dropout, False,
-                     ckpt_keep_attention),
+                     ckpt_keep_attention, fused_mlp),
         optim=OptimConfig(optimizer="sgd", lr=lr, lr_batch_scale=128, warmup_epochs=warmup_epochs,
                           lr_start=lr_start, lr_end=lr_end, weight_decay=weight_decay, momentum=momentum),
         mixup=MixupConfig(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing),

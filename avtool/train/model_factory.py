@@ -57,6 +57,9 @@ class ModelConfig:
     throughput on an H200 for 4 MB per clip more, benchmarks/README.md)."""
     fast_conv1: bool = True
     """Patch embedding as one matmul on unfolded patches instead of a convolution (same maths)."""
+    fused_mlp: bool = False
+    """Both towers' MLPs with the activation in the matmuls' epilogues (quack's CuTe GEMMs on Hopper or
+    Blackwell; same maths, `avtool.models.fused_mlp`)."""
     drop_path: float = 0.0
     """Stochastic depth rate of the last video block (fine-tuning uses 0.1)."""
     patch_dropout: float = 0.0
@@ -87,8 +90,10 @@ def _tower_configs(cfg: ModelConfig) -> tuple[VideoTowerConfig, TextTowerConfig]
         num_frames=cfg.num_frames, output_dim=cfg.embed_dim, attn_impl=cfg.attn,
         grad_checkpointing=cfg.grad_checkpointing, grad_checkpointing_keep_attention=cfg.ckpt_keep_attention,
         fast_conv1=cfg.fast_conv1, drop_path_rate=cfg.drop_path, patch_dropout=cfg.patch_dropout,
+        fused_mlp=cfg.fused_mlp,
     )  # fmt: skip
-    text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing)
+    text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing,
+                fused_mlp=cfg.fused_mlp)  # fmt: skip
     try:
         if cfg.name == TINY:
             # 4×4 patches per frame: small enough for a CPU, large enough to see the sample's objects move.
