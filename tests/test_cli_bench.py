@@ -46,6 +46,7 @@ def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
     assert list(rows.index) == ["baseline", "flash-attn", "grad-ckpt"]
     assert rows.loc["grad-ckpt", "ckpt_blocks"] == 1 and rows.loc["flash-attn", "ckpt_blocks"] == 0
     assert rows["fused_optimizer"].all() and not rows["compiled"].any() and (rows["layers"] == 3).all()
+    assert not rows["fused_mlp"].any()
     # MFU is the model FLOP rate over the given peak; HFU also counts the recomputed block.
     assert rows["mfu"].to_numpy() == pytest.approx((rows["tflops"] / 0.5).to_numpy(), rel=0.02)
     assert rows.loc["grad-ckpt", "hfu"] > rows.loc["grad-ckpt", "mfu"]

@@ -185,6 +185,8 @@ class ModelBenchRow:
     activation_memory_budget: float | None
     fused_optimizer: bool
     """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`)."""
+    fused_mlp: bool
+    """Whether the video tower's MLPs ran with the activation in the matmuls' epilogues."""
     width: int
     layers: int
     num_frames: int
@@ -518,6 +520,7 @@ def _measure(
         compile_mode=cfg.compile_mode if cfg.compile else "",
         activation_memory_budget=cfg.activation_memory_budget,
         fused_optimizer=trainer.fused_optimizer,
+        fused_mlp=video_cfg.fused_mlp,
         width=video_cfg.width,
         layers=video_cfg.layers,
         num_frames=video_cfg.num_frames,
