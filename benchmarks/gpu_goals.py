@@ -47,8 +47,9 @@ def goal_configs(base: ModelBenchConfig, suite: str, small: int, large: int) -> 
     those within 61 MB/video (all but two blocks keep their attention) with matmul autotuning, then with
     every kernel autotuned. `fa4`: the compiled best with cuDNN (all but two blocks keep their attention),
     then FlashAttention-4 in its place: the same, every block checkpointed, every block keeping its
-    attention, the last block not checkpointed, matmul autotuning, B=small without checkpointing, and the
-    fused MLP (GELU in quack's GEMM epilogues) with FA4 and with cuDNN.
+    attention, all but three keeping it, the last block not checkpointed, matmul autotuning, B=small
+    without checkpointing, and the fused MLP (GELU in quack's GEMM epilogues) with FA4 (all but two or
+    three blocks keeping their attention, and the last block not checkpointed) and with cuDNN.
     `fa4-eager`: the math baseline, cuDNN and FlashAttention-4 at B=small, eager (the second goal's
     comparison).
     """
