@@ -19,26 +19,9 @@ from pathlib import Path
 
 import torch
 
+from avtool.bench.timing import mean_ms
 from avtool.models.attention import ATTN_IMPLS, attention, check_attn_impl
 from avtool.results import write_results
-
-
-def time_ms(run, warmup: int, steps: int, device: torch.device) -> float:
-    """Mean milliseconds of ``run()`` over ``steps`` calls after ``warmup`` calls (CUDA events on a GPU)."""
-    for _ in range(warmup):
-        run()
-    if device.type != "cuda":
-        started = time.perf_counter()
-        for _ in range(steps):
-            run()
-        return (time.perf_counter() - started) * 1e3 / steps
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
 
 
 def main() -> None:
@@ -97,8 +80,8 @@ def main() -> None:
         qkv.grad = None
         reference = reference or result
         with torch.no_grad():
-            fwd_ms = time_ms(lambda impl=impl: forward(impl), args.warmup, args.steps, device)
-        both_ms = time_ms(lambda impl=impl: forward_backward(impl), args.warmup, args.steps, device)
+            fwd_ms = mean_ms(lambda impl=impl: forward(impl), args.warmup, args.steps, device)
+        both_ms = mean_ms(lambda impl=impl: forward_backward(impl), args.warmup, args.steps, device)
         row = {
             "impl": impl, "batch": B, "tokens": N, "heads": H, "head_dim": d,
             "forward_ms": round(fwd_ms, 3), "forward_backward_ms": round(both_ms, 3),

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from avtool.bench.timing import mean_ms
 from avtool.models.fa4 import (
     PACKAGE_TILES,
     HopperTiles,
@@ -38,6 +39,7 @@ from avtool.models.fa4 import (
 )
 from avtool.results import write_results
 
+CUDA = torch.device("cuda")
 PACKAGE_FORWARD = (192, 128, True, True)
 PACKAGE_BACKWARD = backward_tiles(128, 128, True, False, (1, 2, 2))
 """What the package picks on Hopper at head_dim 64 (``_tile_size_fwd_sm90``, ``_tile_size_bwd_sm90``)."""
@@ -96,18 +98,6 @@ def candidates() -> list[tuple[str, str, HopperTiles, tuple[int, int]]]:
     return rows
 
 
-def time_ms(run, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
-
-
 def sweep(tokens: int, batch: int, heads: int, head_dim: int, warmup: int, steps: int) -> list[dict]:
     generator = torch.Generator("cuda").manual_seed(0)
     shape = dict(device="cuda", dtype=torch.bfloat16, generator=generator)
@@ -127,13 +117,14 @@ def sweep(tokens: int, batch: int, heads: int, head_dim: int, warmup: int, steps
             if kind == "forward":
                 result = [run_forward_kernel(q, k, v, False, tiles)[0]]
                 reference, flop = [reference_out], forward_flop
-                ms = time_ms(lambda tiles=tiles: run_forward_kernel(q, k, v, False, tiles), warmup, steps)
+                ms = mean_ms(lambda tiles=tiles: run_forward_kernel(q, k, v, False, tiles), warmup, steps, CUDA)
             else:
                 result = run_backward_kernel(grad_out, q, k, v, out, lse, False, tiles)
                 reference, flop = reference_grads, 2.5 * forward_flop
-                ms = time_ms(
-                    lambda tiles=tiles: run_backward_kernel(grad_out, q, k, v, out, lse, False, tiles), warmup, steps
-                )
+                ms = mean_ms(
+                    lambda tiles=tiles: run_backward_kernel(grad_out, q, k, v, out, lse, False, tiles),
+                    warmup, steps, CUDA,
+                )  # fmt: skip
         except Exception as error:  # a shape the kernel generator rejects is a result, not a crash
             print(f"{tokens:5d} {kind:8s} {label:34s} failed: {type(error).__name__}: {error}".splitlines()[0])
             rows.append(base | dict(kind=kind, tiles=label, error=f"{type(error).__name__}: {error}"[:300]))
@@ -166,7 +157,7 @@ def _fused_gradient_rows(base, qkv, grad_out, out, lse, warmup, steps) -> list[d
     exact = (gathered()[:, :, 1:] == direct()[:, :, 1:]).all().item()
     rows = []
     for label, run in (("separate dq, dk, dv + stack", gathered), ("into the fused gradient", direct)):
-        ms = time_ms(run, warmup, steps)
+        ms = mean_ms(run, warmup, steps, CUDA)
         rows.append(base | dict(kind="fused-grad", tiles=label, ms=round(ms, 3), dk_dv_identical=exact))
         print(f"{base['tokens']:5d} fused-grad {label:31s} {ms:7.3f} ms  dk, dv identical: {exact}", flush=True)
     return rows

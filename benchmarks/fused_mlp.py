@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from avtool.bench.timing import mean_ms
 from avtool.models.blocks import Mlp
 from avtool.models.fused_mlp import HOPPER_GEMM_TILE, fused_mlp_available, run_act_linear_backward, run_linear_act
 from avtool.results import write_results
@@ -31,23 +32,6 @@ GEMM_CANDIDATES = [
     (128, 192, True, 1, 2),
 ]
 """The first is avtool's choice (``HOPPER_GEMM_TILE``)."""
-
-
-def time_ms(run, warmup: int, steps: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        run()
-    if device.type != "cuda":
-        started = time.perf_counter()
-        for _ in range(steps):
-            run()
-        return (time.perf_counter() - started) * 1e3 / steps
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / steps
 
 
 def mlp_rows(tokens: int, dim: int, hidden: int, device: torch.device, dtype, warmup: int, steps: int) -> list[dict]:
@@ -68,12 +52,12 @@ def mlp_rows(tokens: int, dim: int, hidden: int, device: torch.device, dtype, wa
         first_s = time.perf_counter() - started
         reference = reference or (out.detach(), grad)
         with torch.no_grad():
-            forward_ms = time_ms(lambda m=module: m(x), warmup, steps, device)
+            forward_ms = mean_ms(lambda m=module: m(x), warmup, steps, device)
 
         def both(m=module, params=params) -> None:
             torch.autograd.grad(m(x), params, grad_out)
 
-        both_ms = time_ms(both, warmup, steps, device)
+        both_ms = mean_ms(both, warmup, steps, device)
         row = dict(
             kind="mlp", variant=name, tokens=tokens, forward_ms=round(forward_ms, 3),
             forward_backward_ms=round(both_ms, 3), tflops=round(3 * flop / both_ms / 1e9, 1),
@@ -102,7 +86,7 @@ def gemm_rows(tokens: int, dim: int, hidden: int, warmup: int, steps: int) -> li
     rows = []
     cublas = {"fc1": lambda: torch.mm(x, w1.T), "fc2 dgrad": lambda: torch.mm(grad_out, w2)}
     for gemm, run in cublas.items():
-        ms = time_ms(run, warmup, steps, device)
+        ms = mean_ms(run, warmup, steps, device)
         rows.append(dict(kind="gemm", variant=f"cuBLAS {gemm}", tokens=tokens, ms=round(ms, 3),
                          tflops=round(flop / ms / 1e9, 1)))  # fmt: skip
         print(f"gemm cuBLAS {gemm:10s} {ms:7.3f} ms ({flop / ms / 1e9:5.0f} TFLOP/s)", flush=True)
@@ -122,7 +106,7 @@ def gemm_rows(tokens: int, dim: int, hidden: int, warmup: int, steps: int) -> li
         ):
             try:
                 diff = (run()[0 if check is ref_dpre else 1] - check).abs().max().item()
-                ms = time_ms(run, warmup, steps, device)
+                ms = mean_ms(run, warmup, steps, device)
             except Exception as error:  # a shape the kernel generator rejects is a result, not a crash
                 print(f"gemm {label:30s} {gemm:16s} failed: {type(error).__name__}: {error}".splitlines()[0])
                 rows.append(dict(kind="gemm", variant=f"{label} {gemm}", tokens=tokens, error=str(error)[:300]))
