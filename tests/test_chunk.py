@@ -158,7 +158,10 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
         make_video(src / f"v{i}.mp4", 20, size="640x360")
     dst = tmp_path / "dst"
     args = [*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium", "--workers", "1"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background job starts with SIGINT ignored, and a child inherits that: restore the default so
+    # the Ctrl-C below reaches avtool however the suite was launched.
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     _wait_for(lambda: any(dst.glob(".*.partial*")) if dst.exists() else False)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
