@@ -90,12 +90,15 @@ def candidates() -> list[tuple[str, str, HopperTiles, tuple[int, int]]]:
     """(pass, label, tiles, (tile_m, tile_n)) for every shape swept, the package's first."""
     rows = [("forward", "package " + forward_label(PACKAGE_FORWARD), PACKAGE_TILES, PACKAGE_FORWARD[:2])]
     rows += [("forward", forward_label(t), HopperTiles(forward=t), t[:2]) for t in FORWARD_CANDIDATES]
-    rows.append(("backward", "package " + backward_label(PACKAGE_BACKWARD), PACKAGE_TILES, (128, 128)))
-    for backward in BACKWARD_CANDIDATES:
-        fields = dict(backward)
-        tiles = HopperTiles(backward=backward)
-        rows.append(("backward", backward_label(backward), tiles, (fields["m_block_size"], fields["n_block_size"])))
+    rows.append(("backward", "package " + backward_label(PACKAGE_BACKWARD), PACKAGE_TILES,
+                 backward_tile_mn(PACKAGE_BACKWARD)))  # fmt: skip
+    rows += [("backward", backward_label(b), HopperTiles(backward=b), backward_tile_mn(b)) for b in BACKWARD_CANDIDATES]
     return rows
+
+
+def backward_tile_mn(tiles: tuple) -> tuple[int, int]:
+    fields = dict(tiles)
+    return fields["m_block_size"], fields["n_block_size"]
 
 
 def sweep(tokens: int, batch: int, heads: int, head_dim: int, warmup: int, steps: int) -> list[dict]:
