@@ -11,9 +11,9 @@ from avtool.errors import AvtoolError
 def test_sequential_and_random_chunk_reads(tmp_path):
     results = run_io_bench(IoBenchConfig(tmp_path, file_size_mb=8, chunk_files=10, chunk_size_mb=0.5, threads=2))
     sequential, random_chunks = results
-    assert sequential.kind == "sequential" and sequential.bytes == 8 * 2**20
+    assert sequential.kind == "sequential" and sequential.bytes == 8_000_000
     assert random_chunks.kind == "random-chunks" and random_chunks.files == 10
-    assert random_chunks.bytes == 10 * int(0.5 * 2**20)
+    assert random_chunks.bytes == 10 * 500_000
     assert all(r.bytes_per_second > 0 and r.cache in ("dropped (posix_fadvise)", "warm") for r in results)
     assert list(tmp_path.iterdir()) == []  # test files are removed
 

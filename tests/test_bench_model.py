@@ -1,17 +1,21 @@
 """Dual-encoder training benchmark (paper Fig. 4) on tiny towers; the batch search runs on a GPU only."""
 
+import copy
 import dataclasses
 import gc
 import weakref
 
 import pytest
 import torch
+from rich.console import Console
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from avtool.bench.model import (
     COMPILE_MODES,
+    CPU_BATCH,
     ModelBenchConfig,
     Trainer,
+    _forward_loss,
     dense_peak_tflops,
     fewest_checkpointed_blocks,
     largest_batch,
@@ -19,6 +23,10 @@ from avtool.bench.model import (
     train_step_flops,
 )
 from avtool.models import DualEncoderConfig, VideoTowerConfig
+from avtool.train.config import OptimConfig, RunConfig
+from avtool.train.engine import fit
+from avtool.train.optim import build_optimizer
+from avtool.train.step import TrainStep
 
 
 def test_rows_for_every_arch_and_variant() -> None:
@@ -52,9 +60,12 @@ def test_largest_batch_search(granularity: int) -> None:
     assert largest_batch(lambda n: False, upper=100) == 0
 
 
-def test_cpu_needs_a_fixed_batch_size() -> None:
-    with pytest.raises(ValueError, match="batch_size is required"):
-        run_model_bench(ModelBenchConfig(model=DualEncoderConfig.tiny(), device="cpu"))
+def test_cpu_without_a_batch_size_uses_a_fixed_one() -> None:
+    # No CUDA out-of-memory errors to search by on a CPU: a fixed batch, reported as not the largest.
+    cfg = ModelBenchConfig(model=DualEncoderConfig.tiny(), archs=("vit",), variants=("flash-attn",), device="cpu",
+                           warmup_steps=0, steps=1)  # fmt: skip
+    (row,) = run_model_bench(cfg)
+    assert row.batch_size == CPU_BATCH and not row.batch_size_is_max
     with pytest.raises(ValueError, match="unknown arch 'swin'"):
         run_model_bench(ModelBenchConfig(model=DualEncoderConfig.tiny(), archs=("swin",), batch_size=2))
 
@@ -120,13 +131,90 @@ class _CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_optimizer_step_is_the_fused_adamw_kernel() -> None:
-    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_optimizer_step_is_the_fused_adamw_kernel() -> None:
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
     video, text = trainer.batch(2)
     with _CountOps() as seen:
         trainer.step(video, text)
     assert trainer.fused_optimizer and "aten._fused_adamw_" in seen.ops
     assert not any("_foreach_addcdiv" in op for op in seen.ops)  # not the multi-kernel foreach path
+    trainer.close()
+
+
+def test_the_trainer_optimizer_has_the_parameter_groups_of_training() -> None:
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+    expected = build_optimizer(trainer.model, OptimConfig(), torch.device("cpu"))
+    assert type(trainer.optimizer) is type(expected) is torch.optim.AdamW
+    assert len(trainer.optimizer.param_groups) == len(expected.param_groups) == 2
+    for group, want in zip(trainer.optimizer.param_groups, expected.param_groups, strict=True):
+        assert [id(p) for p in group["params"]] == [id(p) for p in want["params"]]
+        assert {k: v for k, v in group.items() if k != "params"} == {k: v for k, v in want.items() if k != "params"}
+    decayed, not_decayed = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == OptimConfig().weight_decay and not_decayed["weight_decay"] == 0.0
+    assert all(p.ndim < 2 for p in not_decayed["params"]) and any(p.ndim == 0 for p in not_decayed["params"])
+    assert not trainer.fused_optimizer  # training's AdamW is fused on CUDA only
+    trainer.close()
+
+
+class _Keys(torch.utils.data.Dataset):
+    """``size`` items, each the sampler's key (which the job's collation ignores)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, key):
+        return key
+
+
+class _OneBatchJob:
+    """An engine job that trains ``model`` on one fixed batch with bench model's loss."""
+
+    name = "bench-step"
+    best_metric = None
+
+    def __init__(self, model: torch.nn.Module, video: torch.Tensor, text: torch.Tensor) -> None:
+        self.model, self.video, self.text = model, video, text
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model
+
+    def train_dataset(self) -> _Keys:
+        return _Keys(len(self.video))
+
+    def collate(self):
+        return lambda keys: {"video": self.video, "text": self.text}  # the batch in its order, whatever the draw
+
+    def loss(self, model, batch, env):
+        return _forward_loss(model, batch["video"], batch["text"]), {}
+
+    def evaluate(self, model, env):
+        return None
+
+
+def test_the_trainer_and_the_engine_run_the_same_step(tmp_path, monkeypatch) -> None:
+    calls = []
+    step = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, *a, **k: calls.append(self) or step(self, *a, **k))
+    torch.manual_seed(0)
+    trainer = Trainer(DualEncoderConfig.tiny(), torch.device("cpu"), None)
+    video, text = trainer.batch(2)
+    model = copy.deepcopy(trainer.model)  # the same weights, for the engine
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer.step(video, text)
+
+    run = RunConfig(output_dir=tmp_path, epochs=1, batch_size=2, workers=0, precision="fp32", device="cpu")
+    # A fixed rate: the schedule's step-0 rate is the optimiser's own (OptimConfig's lr), as in the trainer.
+    result = fit(_OneBatchJob(model, video, text), run, OptimConfig(fixed_lr=True), run, Console(quiet=True))
+
+    assert result.state.step == 1 and len(calls) == 2 and calls[0] is trainer.train_step
+    trained = trainer.model.state_dict()
+    assert any(not torch.equal(before[name], trained[name]) for name in before)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, trained[name]), name
     trainer.close()
 
 
@@ -206,11 +294,11 @@ def test_blocks_that_keep_their_attention_are_reported_and_cost_less_recomputati
 def test_config_problems_are_listed_together() -> None:
     cfg = ModelBenchConfig(
         model=DualEncoderConfig.tiny(), variants=("flash-attn",), ckpt_blocks=9, compile=True, device="cpu",
-        flash_impl="warp", peak_tflops=-1, amp_dtype="float8", activation_memory_budget=1.5,
+        flash_impl="warp", peak_tflops=-1, precision="fp8", activation_memory_budget=1.5,
     )  # fmt: skip
     text = "\n".join(cfg.problems())
     for expected in ("ckpt_blocks=9", "grad-ckpt variant", "compile needs a fixed batch_size", "'warp'",
-                     "peak_tflops=-1", "'float8'", "batch_size is required",
+                     "peak_tflops=-1", "precision='fp8'",
                      "activation_memory_budget=1.5"):  # fmt: skip
         assert expected in text, expected
     eager = ModelBenchConfig(model=DualEncoderConfig.tiny(), activation_memory_budget=0.5, batch_size=2, device="cpu")

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -157,7 +158,7 @@ def test_interrupted_run_leaves_no_partial_output_and_resumes(tmp_path, sig):
     for i in range(3):
         make_video(src / f"v{i}.mp4", 20, size="640x360")
     dst = tmp_path / "dst"
-    args = [*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium", "--workers", "1"]
+    args = [*AVTOOL, "chunk", str(src), str(dst), "--chunk-len", "5", "--preset", "medium", "--encoders", "1"]
     # A shell's background job starts with SIGINT ignored, and a child inherits that: restore the default so
     # the Ctrl-C below reaches avtool however the suite was launched.
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -197,8 +198,8 @@ def test_plan_writes_nothing_and_predicts(small_sample, tmp_path):
 
 def test_auto_chunk_len_follows_eq3(small_sample, tmp_path):
     # A slow disk (1 MB/s) forces short chunks: T = 8e6·4 / (1024·ρ) with ρ measured.
-    cfg = ChunkConfig(src=small_sample / "ek100", dst=tmp_path / "d", encode=FAST, auto_chunk_len=True,
-                      read_speed=1e6, trial_videos=1)  # fmt: skip
+    cfg = ChunkConfig(src=small_sample / "ek100", dst=tmp_path / "d", encode=replace(FAST, chunk_len="auto"),
+                      read_speed=1.0, trial_videos=1)  # fmt: skip
     plan = plan_chunking(cfg)
     rho = plan.sizing.bitrate.value
     assert plan.chunk_len == max(1, int(8e6 * 4 / (1024 * rho) * 0.96))

@@ -27,7 +27,7 @@ def test_chunk_help_explains_every_option_with_its_unit():
     for option, unit in [
         ("--chunk-len", "seconds"), ("--crf", "0-51"), ("--fps", "frames/s"), ("--short-side", "pixels"),
         ("--gop", "seconds"), ("--batch-size", "clips per training step"), ("--step-time", "seconds"),
-        ("--read-speed", "MB/s"), ("--safety", "Fraction"), ("--workers", "parallel"), ("--shard", "i/n"),
+        ("--read-speed", "MB/s"), ("--safety", "Fraction"), ("--encoders", "parallel"), ("--shard", "i/n"),
         ("--plan", "write nothing"),
     ]:  # fmt: skip
         assert option in text and unit in text, option

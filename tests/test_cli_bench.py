@@ -9,7 +9,6 @@ import pytest
 from typer.testing import CliRunner
 
 from avtool.cli import app
-from avtool.cli.bench import _video_tower
 from avtool.errors import AvtoolError
 from avtool.models import VideoTowerConfig
 
@@ -32,7 +31,7 @@ def test_memory_bench_writes_a_row_per_variant(tmp_path):
     parts = rows[["layernorm_mb", "mha_mb", "mlp_mb", "other_mb"]].sum(axis=1)
     assert parts.to_numpy() == pytest.approx(rows["saved_total_mb"].to_numpy(), abs=0.002)
     record = json.loads((tmp_path / "memory.json").read_text())
-    assert record["config"]["tower"]["num_frames"] == 4 and record["config"]["amp_dtype"] == "float16"
+    assert record["config"]["tower"]["num_frames"] == 4 and record["config"]["precision"] == "bf16"
     assert "torch" in record["env"]
     assert "grad-ckpt" in result.output and "memory.csv" in result.output
 
@@ -45,7 +44,8 @@ def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
     rows = pd.read_csv(tmp_path / "tiny.csv").set_index("variant")
     assert list(rows.index) == ["baseline", "flash-attn", "grad-ckpt"]
     assert rows.loc["grad-ckpt", "ckpt_blocks"] == 1 and rows.loc["flash-attn", "ckpt_blocks"] == 0
-    assert rows["fused_optimizer"].all() and not rows["compiled"].any() and (rows["layers"] == 3).all()
+    assert not rows["compiled"].any() and (rows["layers"] == 3).all()
+    assert (rows["fused_optimizer"] == (rows["device"] != "cpu")).all()  # training's AdamW: fused on CUDA only
     assert not rows["fused_mlp"].any()
     # MFU is the model FLOP rate over the given peak; HFU also counts the recomputed block.
     assert rows["mfu"].to_numpy() == pytest.approx((rows["tflops"] / 0.5).to_numpy(), rel=0.02)
@@ -53,16 +53,27 @@ def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
     assert rows.loc["baseline", "hfu"] == rows.loc["baseline", "mfu"]
     assert rows.loc["grad-ckpt", "ckpt_keep_attention"] == 1 and rows.loc["flash-attn", "ckpt_keep_attention"] == 0
     config = json.loads((tmp_path / "tiny.json").read_text())["config"]
-    assert config["ckpt_blocks"] == 1 and config["batch_size"] == 2 and config["amp_dtype"] == "bfloat16"
+    assert config["ckpt_blocks"] == 1 and config["batch_size"] == 2 and config["precision"] == "bf16"
     assert config["model"]["video"]["low_precision_residual"] and config["model"]["text"]["low_precision_residual"]
     assert "1/3, 1 keep attn" in result.output  # the table shows checkpointed/total blocks
 
 
+def _resolved(*args: str) -> dict:
+    result = runner.invoke(app, [*args, "--print-config"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def test_defaults_are_the_papers_setting():
-    assert _video_tower("vit", tiny=False) == VideoTowerConfig()  # ViT-B/16, 224², 4 frames, 1×16×16
-    tower = VideoTowerConfig()
-    assert (tower.width, tower.layers, tower.image_size, tower.num_frames, tower.patch_size) == (768, 12, 224, 4, 16)
-    assert _video_tower("vit", tiny=True, num_frames=None, width=96).width == 96
+    tower = _resolved("bench", "memory")["tower"]  # ViT-B/16, 224², 4 frames, 1×16×16, fast conv1 as in training
+    assert (tower["width"], tower["layers"], tower["image_size"], tower["num_frames"], tower["patch_size"]) == (
+        768, 12, 224, 4, 16)  # fmt: skip
+    assert tower["fast_conv1"] and _resolved("bench", "model")["model"]["video"]["fast_conv1"]
+    # --tiny changes the sizes only; a size flag still overrides it, and a per-tower flag reaches both towers.
+    tiny = _resolved("bench", "model", "--tiny", "--width", "96", "--fused-mlp")["model"]
+    assert tiny["video"]["width"] == 96 and tiny["video"]["layers"] == VideoTowerConfig.tiny().layers
+    assert tiny["video"]["fused_mlp"] and tiny["text"]["fused_mlp"] and tiny["video"]["fast_conv1"]
+    assert _resolved("bench", "decode", "r", "--tiny", "--procs", "1,3")["procs"] == [1, 3]
 
 
 @pytest.mark.parametrize("command", [("bench", "memory"), ("bench", "model")])
@@ -71,18 +82,18 @@ def test_help_explains_every_option_with_its_unit(command):
     for option, unit in [
         ("--image-size", "pixels"), ("--frames", "Frames per clip"), ("--patch-size", "pixels"),
         ("--tubelet", "frames"), ("--width", "channels"), ("--layers", "blocks"), ("--heads", "heads"),
-        ("--variant", "repeatable"), ("--attn", "cudnn"), ("--dtype", "float16"), ("--device", "cuda"),
-        ("--output", "Folder"), ("--tiny", "CPU"), ("224, 32 with --tiny", ""), ("768 = ViT-B", ""),
+        ("--variant", "repeatable"), ("--attn", "cudnn"), ("--precision", "fp16"), ("--device", "cuda"),
+        ("--output", "Folder"), ("--tiny", "CPU"), ("224 pixels; --tiny: 32", ""), ("768: ViT-B", ""),
     ]:  # fmt: skip
         assert option in text and unit in text, option
     if command[1] == "memory":
-        assert "--batch-sizes" in text and "videos" in text and "2^20 bytes" in text
+        assert "--batch-sizes" in text and "videos" in text and "10^6 bytes" in text
     else:
         for option, unit in [
-            ("--batch-size", "videos per step"), ("--max-batch-size", "videos"), ("--granularity", "videos"),
+            ("--batch-size", "batch per step"), ("--max-batch-size", "videos"), ("--granularity", "videos"),
             ("--memory-limit-gb", "GB"), ("--ckpt-blocks", "first k"), ("--compile", "torch.compile"),
             ("--fast-conv1", "matmul"), ("--warmup-steps", "steps"), ("--steps", "steps"),
-            ("--peak-tflops", "TFLOP/s"), ("[default: bfloat16]", ""), ("--low-precision-residual", "MB/video"),
+            ("--peak-tflops", "TFLOP/s"), ("[default: bf16]", ""), ("--low-precision-residual", "residual"),
         ]:  # fmt: skip
             assert option in text and unit in text, option
 
@@ -92,12 +103,10 @@ def test_help_explains_every_option_with_its_unit(command):
     [
         (["bench", "memory", "--tiny", "--heads", "5"], "heads=5"),
         (["bench", "memory", "--tiny", "--variant", "fast", "--batch-sizes", "4", "2"], "'fast'"),
-        (["bench", "memory", "--tiny", "--attn", "warp"], "attn_impl='warp'"),
         ([*TINY_MODEL, "--ckpt-blocks", "7"], "ckpt_blocks=7"),
         ([*TINY_MODEL, "--ckpt-blocks", "lots"], "--ckpt-blocks"),
         ([*TINY_MODEL, "--ckpt-blocks", "auto", "--device", "cpu"], "needs CUDA"),
-        (["bench", "model", "--tiny", "--compile", "--device", "cpu"], "compile needs a fixed batch_size"),
-        ([*TINY_MODEL, "--dtype", "float8"], "amp_dtype='float8'"),
+        (["bench", "model", "--compile", "--device", "cpu"], "compile needs a fixed batch_size"),
     ],
 )
 def test_invalid_configs_are_one_line_errors(args, expected):

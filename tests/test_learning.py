@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avtool.data import EK100Layout
+from avtool.cli.train import learning_line
 from avtool.prep.chunk import ChunkConfig, plan_chunking, run_chunking
 from avtool.prep.encode import EncodeSettings
 from avtool.prep.sample import SampleConfig, make_sample
@@ -45,7 +45,8 @@ def test_pretraining_raises_zero_shot_retrieval_above_chance(learning_data, tmp_
         root=chunks / "ego4d" / "v1" / "full_scale",
         metadata=sample / "ego4d" / "ego4d_train.pkl",
         metadata_aux=(sample / "ego4d" / "ego4d_train.rephraser.pkl",),
-        ek100=EK100Layout(chunks / "ek100", sample / "ek100" / "annotations"),
+        ek100_root=chunks / "ek100",
+        ek100_annotations=sample / "ek100" / "annotations",
         run=RunConfig(
             output_dir=tmp_path,
             epochs=1,
@@ -72,12 +73,17 @@ def test_pretraining_raises_zero_shot_retrieval_above_chance(learning_data, tmp_
     print(f"EK-100 MIR zero-shot on {len(job.eval_dataset())} held-out clips: mAP_avg chance {chance:.1f}, "
           f"initial {before:.1f}, after {result.state.step} steps {after:.1f}")  # fmt: skip
     assert after >= chance + 8 and after > before
+    # The training summary's one line says the same.
+    line = learning_line("lavila", cfg, tmp_path)
+    assert line == (f"learned: mAP_avg at step 0: {before:.2f}, at step {result.state.step}: {after:.2f}; "
+                    f"chance {chance:.2f} on these {len(job.eval_dataset())} test clips")  # fmt: skip
 
 
 def test_fine_tuning_beats_the_majority_class(learning_data, tmp_path):
     sample, chunks = learning_data
     cfg = cls.CLSConfig(
-        ek100=EK100Layout(chunks / "ek100", sample / "ek100" / "annotations"),
+        ek100_root=chunks / "ek100",
+        ek100_annotations=sample / "ek100" / "annotations",
         run=RunConfig(
             output_dir=tmp_path,
             epochs=40,

@@ -49,9 +49,13 @@ def test_fig3_stacks_the_four_parts_of_each_variant(memory_csv, tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline", "+ flash-attn", "+ grad-ckpt"]
     assert ax.get_ylabel() == "GPU RAM (MB/video)"
 
-    result = runner.invoke(app, ["plot", "fig3", str(memory_csv), "--output", str(tmp_path / "f3.png")])
+    args = ["plot", "fig3", str(memory_csv), "--output", str(tmp_path / "figs"), "--png", "f3.png"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "f3.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "figs" / "f3.png").read_bytes()[:8] == PNG
+    # --output is a folder; the name is the CSV's with .png unless --png says otherwise.
+    result = runner.invoke(app, ["plot", "fig3", str(memory_csv), "--output", str(tmp_path / "figs")])
+    assert result.exit_code == 0 and (tmp_path / "figs" / f"{memory_csv.stem}.png").is_file()
 
 
 def test_fig4_draws_batch_sizes_on_a_log_axis_and_throughput(model_csv):

@@ -97,7 +97,8 @@ def test_sampler_skip_starts_the_epoch_where_a_run_stopped(small_sample, chunked
 
 
 def test_mir_positives_come_from_the_relevancy_matrix(small_sample, chunked_sample, tmp_path):
-    cfg = mir.MIRConfig(ek100=_ek100(small_sample, chunked_sample), run=RunConfig(output_dir=tmp_path), model=TINY)
+    layout = _ek100(small_sample, chunked_sample)
+    cfg = mir.MIRConfig(layout.root, layout.annotations, run=RunConfig(output_dir=tmp_path), model=TINY)
     job = mir.MIRJob(cfg)
     relevancy = job.train_dataset().relevancy
     assert relevancy.shape[0] >= 2
@@ -114,7 +115,8 @@ def test_train_mir_and_eval_both_checkpoints(small_sample, chunked_sample, tmp_p
     pre = lavila.run(_lavila(small_sample, chunked_sample, tmp_path / "pre", epochs=1))
     layout = _ek100(small_sample, chunked_sample)
     cfg = mir.MIRConfig(
-        ek100=layout, pretrained_checkpoint=latest_checkpoint(pre.output_dir),
+        ek100_root=layout.root, ek100_annotations=layout.annotations,
+        pretrained_checkpoint=latest_checkpoint(pre.output_dir),
         run=RunConfig(output_dir=tmp_path / "mir", epochs=1, batch_size=2, workers=0, log_every=1),
         # 2 -> 4 frames: interpolated. Selective checkpointing in training; evaluation turns it off.
         model=dataclasses.replace(TINY, num_frames=4, drop_path=0.1, grad_checkpointing=True, ckpt_keep_attention=1),
@@ -124,14 +126,21 @@ def test_train_mir_and_eval_both_checkpoints(small_sample, chunked_sample, tmp_p
     assert (tmp_path / "mir" / "checkpoint_best.pt").exists()
 
     report = evaluate_checkpoint(
-        EvalConfig(tmp_path / "mir" / "checkpoint_best.pt", layout, "mir", frames=2, workers=0)
+        EvalConfig(tmp_path / "mir" / "checkpoint_best.pt", layout.root, layout.annotations, "mir", frames=2, workers=0)
     )
     assert report["frames"] == 2 and "clips ×" in report["counts"]
     assert set(report["metrics"]) == {"mAP_V2T", "mAP_T2V", "mAP_avg", "nDCG_V2T", "nDCG_T2V", "nDCG_avg"}
     assert report["baseline_name"] == "chance"
     with pytest.raises(AvtoolError, match="needs a classifier"):
         evaluate_checkpoint(
-            EvalConfig(tmp_path / "mir" / "checkpoint_best.pt", layout, "cls", split="validation", workers=0)
+            EvalConfig(
+                tmp_path / "mir" / "checkpoint_best.pt",
+                layout.root,
+                layout.annotations,
+                "cls",
+                split="validation",
+                workers=0,
+            )
         )
 
 

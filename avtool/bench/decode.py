@@ -34,45 +34,60 @@ from pathlib import Path
 import numpy as np
 
 from avtool.errors import AvtoolError
+from avtool.options import option
+from avtool.train.config import output_option, seed_option
 from avtool.video.clips import ChunkedVideo, ChunkIndex, ChunkRead, plan_clip, segment_frame_ids
 from avtool.video.crops import Crop, random_resized_crop
 from avtool.video.decode import ACCESSES, BACKENDS, MODES, DecoderConfig, StageTimes, make_decoder
 
+TINY_DECODE: dict = dict(videos=6, procs=(1, 2), backends=("pyav", "decord"), chunk_lengths=(2, 10),
+                         comparison_clips=3, preset="ultrafast")  # fmt: skip
+"""What `--tiny` changes: a few seconds on two cores, for CI and a first look."""
+
 
 @dataclass(frozen=True)
 class DecodeBenchConfig:
-    root: Path
-    """Chunked video root whose chunk files are decoded (``avtool chunk``'s DST)."""
-    videos: int = 1024
-    """N: chunk files loaded into memory (the paper's toy set: 1,024 15-s clips); fewer distinct
-    files are cycled."""
-    frames: int = 4
-    """Frames sampled per clip (paper: 4)."""
-    size: int = 224
-    """Output crop size."""
-    procs: tuple[int, ...] = ()
-    """Process-pool sizes M; empty means 1, 2, 4, … up to the number of cores."""
-    backends: tuple[str, ...] = ("pyav", "decord")
-    """Decoders to measure: pyav, pyav-nvdec, decord."""
-    modes: tuple[str, ...] = MODES
-    """decode-then-crop and/or fused."""
-    accesses: tuple[str, ...] = ACCESSES
-    """sequential (decode from the chunk start, the reference) and/or seek."""
-    clip_seconds: float | None = None
-    """None: the frames span the whole chunk (paper); else a clip of this length at a random place."""
+    root: Path = option(
+        panel="Data",
+        flags="--root",
+        positional=True,
+        metavar="DIR",
+        help="Chunk root made by `avtool chunk` (its chunk files are loaded into memory).",
+    )
+    videos: int = option(1024, help="N: chunk files loaded into memory (the paper's toy set: 1,024 15-s clips); "
+                         "fewer distinct files are cycled.")  # fmt: skip
+    frames: int = option(4, unit="frames", help="Frames sampled per clip (paper: 4).")
+    size: int = option(224, unit="pixels", help="Side of the output crop (paper: 224).")
+    procs: tuple[int, ...] = option(
+        (), show_default="1, 2, 4 and so on up to the cores", help="Process counts M, repeatable or comma-separated."
+    )
+    backends: tuple[str, ...] = option(
+        ("pyav", "decord"),
+        flags="--backends",
+        help="Decoders, repeatable or comma-separated: pyav, pyav-nvdec, decord.",
+    )
+    modes: tuple[str, ...] = option(MODES, help="decode-then-crop and/or fused, repeatable or comma-separated.")
+    accesses: tuple[str, ...] = option(ACCESSES, help="sequential (from the chunk start, as the reference) and/or "
+                                       "seek, repeatable or comma-separated.")  # fmt: skip
+    clip_seconds: float | None = option(None, unit="s", show_default="the whole chunk (paper)",
+                                        help="Clip length: the frames are spread over a clip this long at a random "
+                                        "place.")  # fmt: skip
     skip_nonref: bool = True
     """Let seek access skip unrequested non-reference frames (PyAV)."""
     repeats: int = 1
     """Passes over the N clips per measurement (without ``seconds``)."""
-    seconds: float | None = None
-    """Time budget per row: each worker decodes clips until this many seconds have passed (the
-    clip in hand is finished). None: the N clips are decoded ``repeats`` times, whatever it takes."""
-    seed: int = 0
-    """Seed of the chunk choice, frame jitter and crops (the same clips for every row)."""
-    sources: Path | None = None
-    """Raw videos for the chunk-length comparison (None skips it)."""
-    chunk_lengths: tuple[int, ...] = (15, 300)
-    """Chunk lengths compared, seconds."""
+    seconds: float | None = option(
+        None, unit="s", show_default="none: the N clips once, split among the processes",
+        help="Time budget per row: every process decodes clips this long (the same time for fast and slow rows, "
+        "no idle processes at the end).",
+    )  # fmt: skip
+    seed: int = seed_option("chunk choice, frame jitter and crops (the same clips for every row)")
+    sources: Path | None = option(None, flags=("--chunk-len-compare", "--sources"), metavar="DIR",
+                                  help="Raw videos to re-chunk at each --chunk-lengths and read the same clips "
+                                  "from (Table 4's shorter chunks).")  # fmt: skip
+    chunk_lengths: tuple[int, ...] = option(
+        (15, 300), unit="s", help="Chunk lengths compared by --chunk-len-compare, comma-separated."
+    )
     comparison_clips: int = 32
     """Clips read per chunk length in the comparison."""
     comparison_clip_seconds: float = 1.0
@@ -81,10 +96,11 @@ class DecodeBenchConfig:
     """libx264 preset of the comparison's chunks (other settings: avtool chunk's defaults)."""
     scratch: Path | None = None
     """Folder for the comparison's chunks, kept for reruns; None uses a temporary folder."""
-    ceiling: bool = False
-    """Also run a fixed single-threaded CPU task (zlib inflate, no decoder) in the same pools: how
-    far this machine's cores scale at all (shared clock boost, caches, memory bandwidth), the
-    ceiling against which the decoders' scaling is read."""
+    ceiling: bool = option(
+        False, help="Also run a fixed single-threaded CPU task (zlib inflate) with each M: how far this machine's "
+        "cores scale at all, the ceiling for the decoders' scaling (decode-ceiling.csv).",
+    )  # fmt: skip
+    output_dir: Path = output_option("results", "decode.csv/json (and decode-chunk-length.csv/json)")
 
     def __post_init__(self) -> None:
         problems = []
@@ -116,8 +132,7 @@ class DecodeBenchConfig:
     @classmethod
     def tiny(cls, root: Path, sources: Path | None = None, scratch: Path | None = None) -> DecodeBenchConfig:
         """A few seconds on two cores: for tests and a first look."""
-        return cls(root=root, videos=6, procs=(1, 2), backends=("pyav", "decord"), sources=sources,
-                   chunk_lengths=(2, 10), comparison_clips=3, preset="ultrafast", scratch=scratch)  # fmt: skip
+        return cls(root=root, sources=sources, scratch=scratch, **TINY_DECODE)
 
 
 @dataclass

@@ -3,137 +3,50 @@
 Two figures: sequential reads of one large file (the paper's "maximum read speed"), and reads of
 whole chunk-sized files in random order by several threads (what a training data loader does). The
 page cache is dropped for the test files with posix_fadvise(DONTNEED), which needs no privileges;
-where that is not available the figure is reported as cache-warm.
+where that is not available the figure is reported as cache-warm. The measurements themselves are in
+``avtool.readspeed``, which `avtool chunk` uses too.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from avtool.errors import AvtoolError
-
-_BLOCK = 8 * 2**20
+from avtool.options import option
+from avtool.readspeed import (
+    ReadResult,
+    check_test_dir,
+    measure_random_chunk_reads,
+    measure_sequential_read,
+    write_test_file,
+)
+from avtool.train.config import output_option, seed_option
 
 
 @dataclass(frozen=True)
 class IoBenchConfig:
-    path: Path
-    """Folder on the volume to measure (test files are written there and removed)."""
-    file_size_mb: int = 1024
-    """Size of the large file for the sequential read, MiB."""
-    chunk_files: int = 200
-    """Number of chunk-sized files for the random read (existing videos under PATH are used first)."""
-    chunk_size_mb: float = 2.0
-    """Size of each generated chunk-sized file, MiB (a 15-s 288p chunk at 1 Mb/s is about 1.9 MB)."""
-    threads: int = 8
-    """Concurrent readers for the random chunk reads."""
-    seed: int = 0
-    """Seed of the random read order."""
+    """Read throughput of one volume: S_r of Eq. 3."""
 
-
-@dataclass(frozen=True)
-class ReadResult:
-    kind: str
-    """``sequential`` or ``random-chunks``."""
-    bytes: int
-    seconds: float
-    files: int
-    threads: int
-    cache: str
-    """How the page cache was handled: ``dropped (posix_fadvise)`` or ``warm``."""
-
-    @property
-    def bytes_per_second(self) -> float:
-        return self.bytes / self.seconds if self.seconds else 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "MB_per_s": round(self.bytes_per_second / 1e6, 1),
-                "files_per_s": round(self.files / self.seconds, 1) if self.seconds else 0.0}  # fmt: skip
-
-
-def _drop_cache(path: Path) -> bool:
-    """Evict ``path`` from the page cache; False when this OS or file system cannot."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, size: int) -> None:
-    block = os.urandom(min(_BLOCK, size))  # random bytes: no compressing file system can cheat
-    with open(path, "wb") as f:
-        written = 0
-        while written < size:
-            n = min(len(block), size - written)
-            f.write(block[:n])
-            written += n
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_whole(path: Path) -> int:
-    total = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(_BLOCK):
-            total += len(chunk)
-    return total
-
-
-def _check_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise AvtoolError(f"{path}: not a folder")
-    if not os.access(path, os.W_OK):
-        raise AvtoolError(f"{path}: not writable (the benchmark writes its test files there)")
-
-
-def measure_sequential_read(path: Path, size_bytes: int) -> ReadResult:
-    """Write one ``size_bytes`` file under ``path``, drop it from the cache, and time reading it."""
-    _check_dir(path)
-    with tempfile.TemporaryDirectory(prefix=".avtool-io-", dir=path) as tmp:
-        target = Path(tmp) / "sequential.bin"
-        try:
-            _write_file(target, size_bytes)
-        except OSError as e:
-            mib = size_bytes / 2**20
-            raise AvtoolError(f"{path}: cannot write the {mib:.0f} MiB test file ({e.strerror})") from None
-        dropped = _drop_cache(target)
-        start = time.perf_counter()
-        read = _read_whole(target)
-        seconds = time.perf_counter() - start
-    return ReadResult("sequential", read, seconds, 1, 1, "dropped (posix_fadvise)" if dropped else "warm")
-
-
-def measure_random_chunk_reads(files: list[Path], threads: int, seed: int) -> ReadResult:
-    """Read whole ``files`` in a random order with ``threads`` readers, each evicted from the cache first."""
-    order = list(files)
-    random.Random(seed).shuffle(order)
-    dropped = all([_drop_cache(f) for f in order])
-    start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        total = sum(pool.map(_read_whole, order))
-    seconds = time.perf_counter() - start
-    return ReadResult("random-chunks", total, seconds, len(order), threads,
-                      "dropped (posix_fadvise)" if dropped else "warm")  # fmt: skip
+    path: Path = option(panel="Data", flags="--path", positional=True, metavar="DIR",
+                        help="A folder on the volume to measure (e.g. where the chunks live); test files are "
+                        "written there and removed.")  # fmt: skip
+    file_size_mb: int = option(1024, unit="MB", help="Size of the sequential-read test file.")
+    chunk_files: int = option(200, help="Chunk files read in random order (existing videos under PATH first).")
+    chunk_size_mb: float = option(2.0, unit="MB", help="Size of each generated chunk file (a 15-s 288p chunk "
+                                  "at 1 Mb/s is about 1.9 MB).")  # fmt: skip
+    threads: int = option(8, help="Concurrent readers for the random chunk reads.")
+    seed: int = seed_option("random read order")
+    output_dir: Path = output_option("results", "io.csv and io.json")
 
 
 def run_io_bench(cfg: IoBenchConfig) -> list[ReadResult]:
     """Both measurements on ``cfg.path``'s volume."""
     path = Path(cfg.path)
-    _check_dir(path)
-    results = [measure_sequential_read(path, cfg.file_size_mb * 2**20)]
+    check_test_dir(path)
+    results = [measure_sequential_read(path, int(cfg.file_size_mb * 1e6))]
     existing = sorted(p for p in path.rglob("*") if p.suffix.lower() in {".mp4", ".mkv", ".webm"} and p.is_file())
     if len(existing) >= cfg.chunk_files:
         chosen = random.Random(cfg.seed).sample(existing, cfg.chunk_files)
@@ -144,7 +57,7 @@ def run_io_bench(cfg: IoBenchConfig) -> list[ReadResult]:
         for i in range(cfg.chunk_files):
             f = Path(tmp) / f"{i}.bin"
             try:
-                _write_file(f, int(cfg.chunk_size_mb * 2**20))
+                write_test_file(f, int(cfg.chunk_size_mb * 1e6))
             except OSError as e:
                 raise AvtoolError(f"{path}: cannot write test chunk files ({e.strerror})") from None
             generated.append(f)

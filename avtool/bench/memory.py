@@ -19,7 +19,8 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -27,12 +28,23 @@ from torch import nn
 from avtool.models import Attention, VideoTowerConfig, VideoViT, build_video_tower
 from avtool.models.attention import AttnImpl, check_attn_impl
 from avtool.models.blocks import Mlp
+from avtool.options import option
+from avtool.train.config import (
+    Device,
+    Precision,
+    autocast_dtype,
+    device_option,
+    output_option,
+    precision_option,
+    seed_option,
+)
 
 Category = Literal["layernorm", "mha", "mlp", "other"]
 CATEGORIES: tuple[Category, ...] = ("layernorm", "mha", "mlp", "other")
 Variant = Literal["baseline", "flash-attn", "grad-ckpt"]
 VARIANTS: tuple[Variant, ...] = ("baseline", "flash-attn", "grad-ckpt")
-MB = 2**20
+MB = 1e6
+"""Every avtool output counts MB as 10^6 bytes (and GB as 10^9), as disks and the paper's MB/s do."""
 
 
 @dataclass(frozen=True)
@@ -167,25 +179,31 @@ def measure_step(
 class MemoryBenchConfig:
     """What to measure: one video tower, a few variants, two batch sizes."""
 
-    tower: VideoTowerConfig = field(default_factory=VideoTowerConfig)
-    """The tower (default ViT-B/16, 224², 4 frames, 1×16×16 cubes as in Fig. 3); its attention and
-    checkpointing fields are set per variant."""
-    variants: tuple[Variant, ...] = VARIANTS
-    """`baseline`: explicit softmax attention; `flash-attn`: + memory-efficient attention;
-    `grad-ckpt`: + gradient checkpointing of every block."""
-    flash_impl: AttnImpl = "sdpa"
-    """Kernel used for the `flash-attn` and `grad-ckpt` variants (`sdpa` picks FlashAttention on GPUs)."""
-    batch_sizes: tuple[int, int] = (2, 4)
-    """Two batch sizes; per-video memory is the difference between them per added video. Both at least 2:
-    with one video some ops save views instead of copies, so batch 1 is not on the same line."""
-    device: str = "auto"
-    """`auto` (CUDA when available), `cuda`, `cpu`."""
-    amp_dtype: Literal["float16", "bfloat16", "none"] = "float16"
-    """Autocast precision on CUDA (the paper measured float16); CPU runs in float32."""
-    backward: bool = True
-    """Also run backward, for the step's peak memory on CUDA."""
-    seed: int = 0
-    """Seed of the weights and the random clips."""
+    tower: VideoTowerConfig = field(default_factory=lambda: VideoTowerConfig(fast_conv1=True))
+    """The tower (default ViT-B/16, 224², 4 frames, 1×16×16 cubes as in Fig. 3, fast conv1 as in training); its
+    attention and checkpointing fields are set per variant."""
+    variants: tuple[Variant, ...] = option(
+        VARIANTS, flags="--variant", panel="Model",
+        help="Variants to measure, repeatable: baseline (explicit softmax attention), flash-attn (+ memory-"
+        "efficient attention), grad-ckpt (+ gradient checkpointing of every block).",
+    )  # fmt: skip
+    flash_impl: AttnImpl = option(
+        "sdpa", flags="--attn", panel="Model",
+        help="Attention kernel of the flash-attn and grad-ckpt variants: sdpa (torch picks), flash, efficient, "
+        "cudnn (that SDPA kernel), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for "
+        "Hopper and Blackwell GPUs, the flash-attn-4 package).",
+    )  # fmt: skip
+    batch_sizes: tuple[int, int] = option(
+        (2, 4), metavar="INT", unit="videos",
+        help="Two batch sizes, both at least 2 (with one video some ops save views instead of copies); per-video "
+        "memory is their difference per video.",
+    )  # fmt: skip
+    device: Device = device_option()
+    precision: Precision = precision_option()
+    backward: bool = option(True, help="Also run backward, for the step's peak memory on CUDA.")
+    seed: int = seed_option("weights and the random clips")
+    output_dir: Path = output_option("results", "NAME.csv and NAME.json")
+    name: str = option("memory", panel="Output", help="Base name of the result files.")
 
     def problems(self) -> list[str]:
         out = [f"unknown variant {v!r}" for v in self.variants if v not in VARIANTS]
@@ -199,14 +217,14 @@ class MemoryBenchConfig:
         attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")
-        if self.amp_dtype not in ("float16", "bfloat16", "none"):
-            out.append(f"amp_dtype={self.amp_dtype!r} is not float16, bfloat16 or none")
+        if self.precision not in get_args(Precision):
+            out.append(f"precision={self.precision!r} is not bf16, fp16 or fp32")
         return out
 
 
 @dataclass(frozen=True)
 class MemoryRow:
-    """Activation memory per video of one variant, MiB (one CSV/JSON row)."""
+    """Activation memory per video of one variant, MB (10^6 bytes; one CSV/JSON row)."""
 
     variant: str
     arch: str
@@ -264,7 +282,7 @@ def run_memory_bench(cfg: MemoryBenchConfig) -> list[MemoryRow]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(cfg.device)
-    amp_dtype = None if device.type == "cpu" or cfg.amp_dtype == "none" else getattr(torch, cfg.amp_dtype)
+    amp_dtype = autocast_dtype(cfg.precision, device.type)
     rows = []
     for variant in cfg.variants:
         tower_cfg = variant_tower(cfg.tower, variant, cfg.flash_impl)

@@ -1,7 +1,8 @@
 """Training throughput and largest batch of the video–text dual encoder (the paper's Fig. 4).
 
 Each (architecture, variant) pair trains the full dual encoder (video tower, text tower, symmetric
-InfoNCE, fused AdamW, autocast) on synthetic clips and captions kept on the device, so only the model
+InfoNCE) with the step `avtool train` runs (``avtool.train.step``: autocast, AdamW with training's
+parameter groups, fused on CUDA) on synthetic clips and captions kept on the device, so only the model
 is timed. On CUDA the largest batch that fits is found by doubling and then bisecting on out-of-memory
 errors; ``memory_limit_gb`` caps the usable memory to mimic a smaller card (the paper used a 24 GB
 A5000). Timing follows the usual recipe: warm-up steps, synchronise, time N steps, synchronise.
@@ -19,89 +20,109 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from avtool.bench.memory import VARIANTS, Variant, variant_tower
-from avtool.models import DualEncoder, DualEncoderConfig
+from avtool.model_options import ckpt_keep_attention_option
+from avtool.models import DualEncoder, DualEncoderConfig, VideoTowerConfig
 from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 from avtool.models.video import VideoArch
+from avtool.options import option
+from avtool.train.config import (
+    COMPILE_MODES,
+    CompileMode,
+    Device,
+    OptimConfig,
+    Precision,
+    autocast_dtype,
+    compile_mode_option,
+    device_option,
+    output_option,
+    precision_option,
+    seed_option,
+)
 from avtool.train.losses import clip_loss
+from avtool.train.optim import build_optimizer
+from avtool.train.step import TrainStep, grad_scaler
 
-COMPILE_MODES: dict[str, dict] = {
-    "default": {},
-    "max-autotune-gemm": {"options": {"max_autotune_gemm": True}},
-    "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
-}
-"""``torch.compile`` arguments of each ``compile_mode``."""
+CPU_BATCH = 8
+"""Batch of a CPU run without --batch-size (the largest-batch search needs CUDA's out-of-memory errors)."""
 
 
 @dataclass(frozen=True)
 class ModelBenchConfig:
     """What to run: architectures × variants of one dual encoder."""
 
-    model: DualEncoderConfig = field(default_factory=DualEncoderConfig)
-    """Dual encoder (default: ViT-B/16 video tower at 224², 4 frames; CLIP text tower; 256-d)."""
-    archs: tuple[VideoArch, ...] = ("timesformer", "vit")
-    """Video architectures to compare (TSF-B vs ViT-B in Fig. 4)."""
-    variants: tuple[Variant, ...] = VARIANTS
-    """`baseline`, `flash-attn`, `grad-ckpt` (gradient checkpointing applies to both towers)."""
-    flash_impl: AttnImpl = "sdpa"
-    """Attention kernel of the `flash-attn` and `grad-ckpt` variants: `sdpa` lets torch pick, `flash`,
-    `efficient`, `cudnn` force that SDPA backend, `flash-attn` uses the flash-attn package, `fa4` the
-    flash-attn-4 package (FlashAttention-4's kernels, Hopper and Blackwell)."""
-    ckpt_blocks: int | Literal["auto"] | None = None
-    """`grad-ckpt` variant: checkpoint only the first k blocks of the video tower (None: all; `auto`: the
-    fewest that let batch_size fit, CUDA only). Each block left out saves its recomputation and costs its
-    activations; the text tower is always checkpointed in full (its recomputation is ~1% of a step)."""
-    ckpt_keep_attention: int = 0
-    """`grad-ckpt` variant: the last k checkpointed video blocks keep their attention outputs for backward
-    (selective checkpointing, 1.25 MB per video and block for ViT-B at 4 frames in bf16) instead of
-    recomputing the attention. Like ckpt_blocks, it replaces what ``model.video`` says."""
-    compile: bool = False
-    """Run forward and loss through ``torch.compile`` (fuses the elementwise work around the matmuls).
-    Needs a fixed batch_size: every size the search tried would compile anew."""
-    compile_mode: Literal["default", "max-autotune-gemm", "max-autotune-no-cudagraphs"] = "default"
-    """With ``compile``: `default`; `max-autotune-gemm`, which times Triton matmul templates (with the
-    elementwise work after a matmul fused into it) against cuBLAS per shape and keeps the faster; or
-    `max-autotune-no-cudagraphs`, which also tunes every elementwise and reduction kernel (the ViT-B dual
-    encoder at B=256 compiled for over 385 s on an H200 without finishing)."""
-    activation_memory_budget: float | None = None
-    """With ``compile``: let the compiler's min-cut partitioner choose what to recompute in backward,
-    keeping at most this fraction (0-1] of the activations a run without recomputation keeps
-    (``torch._functorch.config.activation_memory_budget``; 1.0 recomputes nothing). An alternative to
-    per-block checkpointing that can save the costly tensors (matmul and attention outputs) and
-    recompute the cheap ones. Use it with a variant without checkpointing. None: off."""
-    batch_size: int | None = None
-    """Fixed batch size; None searches the largest one that fits (CUDA only)."""
-    max_batch_size: int = 2048
-    """Upper bound of the search."""
-    search_granularity: int = 8
-    """Stop bisecting once the gap between fitting and failing batch sizes is this small."""
-    memory_limit_gb: float | None = None
-    """Use at most this much GPU memory (e.g. 24 to mimic the paper's A5000); None: the whole card. The cap
-    (``set_per_process_memory_fraction``) bounds what the caching allocator reserves, slack included, so it
-    fits a little less than ``peak_memory_gb`` (allocated memory) suggests."""
-    warmup_steps: int = 3
-    """Untimed steps before timing (kernel selection, allocator warm-up)."""
-    steps: int = 10
-    """Timed steps."""
-    device: str = "auto"
-    """`auto` (CUDA when available), `cuda`, `cpu`."""
-    amp_dtype: Literal["float16", "bfloat16", "none"] = "bfloat16"
-    """Autocast precision on CUDA: bfloat16 needs no loss scaling; the paper used float16 (with a
-    gradient scaler). CPU runs in float32."""
-    peak_tflops: float | None = None
-    """Dense peak of the GPU at amp_dtype, TFLOP/s, for MFU; None looks the GPU's name up in
-    `DENSE_PEAK_TFLOPS` (no MFU for an unknown GPU or the CPU)."""
-    seed: int = 0
-    """Seed of the weights and the synthetic batches."""
+    model: DualEncoderConfig = field(default_factory=lambda: DualEncoderConfig(video=VideoTowerConfig(fast_conv1=True)))
+    """Dual encoder (default: ViT-B/16 video tower at 224², 4 frames, fast conv1 as in training; CLIP text tower;
+    256-d); its video tower's attention and checkpointing are set per variant."""
+    archs: tuple[VideoArch, ...] = option(("timesformer", "vit"), flags="--arch", panel="Model",
+                                          help="Video architectures, repeatable: timesformer (TSF-B in Fig. 4) "
+                                          "and/or vit (ViT-B).")  # fmt: skip
+    variants: tuple[Variant, ...] = option(
+        VARIANTS, flags="--variant", panel="Model",
+        help="Variants to measure, repeatable: baseline (explicit softmax attention), flash-attn (+ memory-"
+        "efficient attention), grad-ckpt (+ gradient checkpointing of both towers).",
+    )  # fmt: skip
+    flash_impl: AttnImpl = option(
+        "sdpa", flags="--attn", panel="Model",
+        help="Attention kernel of the flash-attn and grad-ckpt variants: sdpa (torch picks), flash, efficient, "
+        "cudnn (that SDPA kernel), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for "
+        "Hopper and Blackwell GPUs, the flash-attn-4 package).",
+    )  # fmt: skip
+    ckpt_blocks: int | Literal["auto"] | None = option(
+        None, panel="Model", metavar="all|auto|INT", show_default="all",
+        help="grad-ckpt: checkpoint only the first k video blocks, or auto (the fewest that let --batch-size fit, "
+        "CUDA); the text tower is always checkpointed in full.",
+    )  # fmt: skip
+    ckpt_keep_attention: int = ckpt_keep_attention_option()
+    compile: bool = option(False, panel="Run", help="torch.compile forward and loss together (needs --batch-size; "
+                           "compiling takes minutes).")  # fmt: skip
+    compile_mode: CompileMode = compile_mode_option()
+    activation_memory_budget: float | None = option(
+        None, panel="Run",
+        help="With --compile: fraction (0-1] of the activations of a run without recomputation that the compiler "
+        "may keep, choosing itself what to recompute (an alternative to --variant grad-ckpt).",
+    )  # fmt: skip
+    batch_size: int | None = option(
+        None, panel="Optimisation", unit="videos", show_default="the largest that fits (CUDA), 8 on a CPU",
+        help="Fixed batch per step; unset, the largest that fits is searched by doubling and bisecting on CUDA "
+        "out-of-memory errors.",
+    )  # fmt: skip
+    max_batch_size: int = option(2048, panel="Optimisation", unit="videos", help="Upper bound of the search.")
+    search_granularity: int = option(
+        8,
+        flags="--granularity",
+        panel="Optimisation",
+        unit="videos",
+        help="Stop the search when fitting and failing batches are this close.",
+    )
+    memory_limit_gb: float | None = option(
+        None, panel="Run", unit="GB", show_default="the whole GPU",
+        help="Use at most this many GB of GPU memory, allocator reserve included (24 mimics the paper's A5000).",
+    )  # fmt: skip
+    warmup_steps: int = option(3, panel="Run", help="Untimed training steps before timing.")
+    steps: int = option(10, panel="Run", help="Timed training steps (forward, backward, optimiser).")
+    device: Device = device_option()
+    precision: Precision = precision_option()
+    peak_tflops: float | None = option(
+        None,
+        panel="Run",
+        unit="TFLOP/s",
+        show_default="looked up by GPU name",
+        help="Dense bf16/fp16 peak of the GPU, for MFU.",
+    )
+    seed: int = seed_option("weights and the synthetic batches")
+    output_dir: Path = output_option("results", "NAME.csv and NAME.json")
+    name: str = option("model", panel="Output", help="Base name of the result files.")
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype on ``device`` (None: float32, always on the CPU)."""
-        return None if device.type == "cpu" or self.amp_dtype == "none" else getattr(torch, self.amp_dtype)
+        return autocast_dtype(self.precision, device.type)
 
     def resolved_device(self) -> torch.device:
         device = self.device
@@ -117,16 +138,14 @@ class ModelBenchConfig:
             out.append(f"device={self.device!r} is not auto, cuda or cpu")
         elif self.device == "cuda" and not torch.cuda.is_available():
             out.append("device='cuda' but torch sees no CUDA device")
-        elif self.batch_size is None and self.resolved_device().type != "cuda":
-            out.append("batch_size is required off CUDA: the largest batch is found from CUDA out-of-memory errors")
         if self.batch_size is not None and self.batch_size < 1:
             out.append(f"batch_size={self.batch_size} must be positive")
         if self.steps < 1 or self.warmup_steps < 0:
             out.append("steps must be at least 1 and warmup_steps at least 0")
         if self.search_granularity < 1:
             out.append("search_granularity must be at least 1")
-        if self.amp_dtype not in ("float16", "bfloat16", "none"):
-            out.append(f"amp_dtype={self.amp_dtype!r} is not float16, bfloat16 or none")
+        if self.precision not in get_args(Precision):
+            out.append(f"precision={self.precision!r} is not bf16, fp16 or fp32")
         attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")
@@ -184,7 +203,7 @@ class ModelBenchRow:
     compile_mode: str
     activation_memory_budget: float | None
     fused_optimizer: bool
-    """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`)."""
+    """Whether AdamW ran as the fused multi-tensor kernel (`_fused_adamw_`): on CUDA, as in training."""
     fused_mlp: bool
     """Whether the video tower's MLPs ran with the activation in the matmuls' epilogues."""
     width: int
@@ -284,8 +303,11 @@ def _forward_loss(model: DualEncoder, video: torch.Tensor, text: torch.Tensor) -
 
 
 class Trainer:
-    """The model, its optimiser and synthetic batches on one device; ``step`` is one timed training step.
+    """The model, the training step of `avtool train` and synthetic batches on one device; ``step`` is one
+    timed training step.
 
+    The optimiser is the one training builds (``build_optimizer`` with the default ``OptimConfig``): AdamW
+    without weight decay on the 0-D and 1-D parameters, fused on CUDA and, as in training, not on the CPU.
     Call ``close`` when done: it frees the GPU memory at once, so the next measurement starts from zero.
     """
 
@@ -299,9 +321,8 @@ class Trainer:
         self.compiled = compile
         self.memory_budget = memory_budget
         self.model = DualEncoder(cfg).to(device).train()
-        # One fused kernel for the whole update (CUDA and CPU) instead of a dozen per parameter tensor.
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.optimizer = build_optimizer(self.model, OptimConfig(), device)
+        self.train_step = TrainStep(self.model, self.optimizer, grad_scaler(device, amp_dtype), device, amp_dtype)
         # A module-level function, not a bound method: a trainer that refers to itself through a stored method
         # is a reference cycle, which keeps its model and optimiser state on the GPU until the next gc run.
         self.forward_loss = _forward_loss
@@ -318,7 +339,7 @@ class Trainer:
 
     def close(self) -> None:
         """Free the model, the optimiser state and any compiled graphs (which hold the model) now."""
-        del self.model, self.optimizer, self.scaler, self.forward_loss
+        del self.model, self.optimizer, self.train_step, self.forward_loss
         if self.compiled:
             torch._dynamo.reset()
         gc.collect()
@@ -329,24 +350,17 @@ class Trainer:
         return _synthetic_batch(self.cfg, size, self.device)
 
     def step(self, video: torch.Tensor, text: torch.Tensor, on_phase: Callable[[str], None] | None = None) -> None:
-        """One training step; ``on_phase`` (for memory probes) is called after "forward", "backward" and
-        "optimizer"."""
-        on_phase = on_phase or (lambda phase: None)
+        """One training step (``TrainStep``, as in `avtool train`); ``on_phase`` (for memory probes) is called
+        after "forward", "backward" and "optimizer"."""
         # The budget is read when the graph is partitioned, at the first (compiling) call: setting it
         # around every call keeps it out of global state without missing that moment.
         budget = {} if self.memory_budget is None else {"activation_memory_budget": self.memory_budget}
-        with (
-            torch._functorch.config.patch(**budget),
-            torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None),
-        ):
-            loss = self.forward_loss(self.model, video, text)
-        on_phase("forward")
-        self.scaler.scale(loss).backward()
-        on_phase("backward")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        on_phase("optimizer")
+
+        def loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            with torch._functorch.config.patch(**budget):
+                return self.forward_loss(self.model, *batch)
+
+        self.train_step([(video, text)], loss, on_phase)
 
     def fits(self, size: int) -> bool:
         """Whether two training steps at this batch size run without running out of memory."""
@@ -359,7 +373,7 @@ class Trainer:
             return True
         except torch.OutOfMemoryError:
             # The failed step may have stopped between the scaler's unscale and update: start it afresh.
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.scaler.is_enabled())
+            self.train_step.scaler = grad_scaler(self.device, self.amp_dtype)
             return False
         finally:
             video = text = None
@@ -498,7 +512,12 @@ def _measure(
         model_cfg, device, amp_dtype, compile=cfg.compile, memory_budget=cfg.activation_memory_budget,
         compile_mode=cfg.compile_mode,
     )  # fmt: skip
-    size = cfg.batch_size or largest_batch(trainer.fits, cfg.max_batch_size, cfg.search_granularity)
+    if cfg.batch_size is not None:
+        size = cfg.batch_size
+    elif device.type == "cuda":
+        size = largest_batch(trainer.fits, cfg.max_batch_size, cfg.search_granularity)
+    else:  # no out-of-memory errors to search by
+        size = CPU_BATCH
     if size == 0:
         raise RuntimeError(f"{arch}/{variant}: not even one video fits in memory")
     seconds, peak = trainer.time_steps(size, cfg.warmup_steps, cfg.steps)
@@ -529,7 +548,7 @@ def _measure(
         dtype=str(amp_dtype or torch.float32).removeprefix("torch."),
         memory_limit_gb=cfg.memory_limit_gb,
         batch_size=size,
-        batch_size_is_max=cfg.batch_size is None,
+        batch_size_is_max=cfg.batch_size is None and device.type == "cuda",
         step_seconds=round(seconds, 6),
         videos_per_second=round(size / seconds, 2),
         peak_memory_gb=None if peak is None else round(peak, 3),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -19,16 +20,37 @@ from rich.progress import (
 from rich.table import Table
 
 from avtool.cli.bench import bench_app
+from avtool.cli.commands import config_command, lazy_group
 from avtool.cli.console import console, err_console
 from avtool.cli.plot import plot_app
 from avtool.cli.train import eval_app, train_app
 from avtool.errors import AvtoolError
+from avtool.options import option
+
+if TYPE_CHECKING:
+    from avtool.prep.chunk import ChunkConfig
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+LAZY_COMMANDS: dict = {}
+"""Commands built on first use (their configs import the heavy modules), filled below."""
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"avtool {version('avtool')}")
+        raise typer.Exit(0)
+
 
 app = typer.Typer(
     help="Data preparation, benchmarks and training for large video models on one machine (AVION recipe).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: flag names are never cut, brackets print as written
+    context_settings=CONTEXT,
+    cls=lazy_group(LAZY_COMMANDS),
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(plot_app, name="plot")
@@ -36,27 +58,38 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 
 
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print avtool's version and exit.", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Data preparation, benchmarks and training for large video models on one machine (AVION recipe)."""
+
+
+def _error(message: str) -> None:
+    # Escaped: messages quote user text and pip extras ('avtool[flash]') that Rich would read as markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
     try:
-        # Outside standalone mode click returns the code of typer.Exit instead of exiting.
+        # Outside standalone mode the exit code of typer.Exit is returned instead of exiting.
         code = app(standalone_mode=False)
     except AvtoolError as e:
-        # Escaped: messages quote user text and pip extras ('avtool[flash]') that Rich would read as markup.
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except typer.TyperException as e:  # usage errors: typer's own (vendored) click exceptions
+        message = " ".join(e.format_message().replace("Value error, ", "").split())
+        command = getattr(getattr(e, "ctx", None), "command_path", None)
+        _error(f"{message}" + (f" (see {command} --help)" if command else ""))
+        sys.exit(getattr(e, "exit_code", 2) or 2)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -91,9 +124,9 @@ def env(
 
 @app.command()
 def sample(
-    dest: Annotated[Path, typer.Argument(help="Folder that receives ego4d/ and ek100/.")],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Folder that receives ego4d/ and ek100/.")],
     seed: Annotated[int, typer.Option(help="Seed of every random choice; same seed, same data.")] = 0,
-    workers: Annotated[int, typer.Option(help="Videos rendered in parallel (default: all cores).")] = 0,
+    procs: Annotated[int, typer.Option("--procs", help="Videos rendered in parallel.", show_default="all cores")] = 0,
 ) -> None:
     """Write a small built-in dataset in the real Ego4D and EPIC-Kitchens-100 layouts (no download).
 
@@ -102,7 +135,7 @@ def sample(
     and EK-100 CSVs, retrieval sentences and relevancy matrices."""
     from avtool.prep.sample import SampleConfig, make_sample
 
-    cfg = SampleConfig(dest=dest, seed=seed) if workers <= 0 else SampleConfig(dest=dest, seed=seed, workers=workers)
+    cfg = SampleConfig(dest=dest, seed=seed) if procs <= 0 else SampleConfig(dest=dest, seed=seed, workers=procs)
     with console.status(f"rendering sample videos into {dest} ..."):
         report = make_sample(cfg, on_video_done=lambda p: console.print(f"  wrote {p}", highlight=False))
     verb = "already present" if report.skipped else "written"
@@ -113,60 +146,17 @@ def sample(
     )
 
 
-def _parse_shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise AvtoolError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    return i, n
+@dataclass(frozen=True)
+class ChunkAction:
+    """What `avtool chunk` does with its plan (not a setting of the chunks)."""
+
+    plan: bool = option(False, panel="Chunks", help="Only print the sizing, chunk count and size; write nothing.")
 
 
-@app.command()
-def chunk(
-    src: Annotated[Path, typer.Argument(help="Folder searched recursively for videos (mp4/mkv/mov/webm/avi).")],
-    dst: Annotated[Path, typer.Argument(help="Output root: DST/<relative path>/<start second>.mp4.")],
-    chunk_len: Annotated[
-        str, typer.Option(help="Chunk length in whole seconds, or 'auto' to solve B·ρ·T ≤ S_r·Δ for T.")
-    ] = "15",
-    crf: Annotated[int, typer.Option(help="libx264 constant rate factor, 0-51 (lower: better, larger).")] = 23,
-    preset: Annotated[
-        str, typer.Option(help="libx264 preset, ultrafast ... veryslow (speed against size).")
-    ] = "medium",
-    fps: Annotated[float, typer.Option(help="Output frame rate in frames/s; 0 keeps the source's rate.")] = 0.0,
-    short_side: Annotated[int, typer.Option(help="Short side of the chunks in pixels; 0 keeps the size.")] = 288,
-    upscale: Annotated[bool, typer.Option(help="Also scale videos smaller than --short-side up.")] = False,
-    gop: Annotated[float, typer.Option(help="Keyframe interval inside a chunk in seconds (for seeking).")] = 1.0,
-    audio: Annotated[bool, typer.Option(help="Keep the first audio track (AAC); dropped by default.")] = False,
-    batch_size: Annotated[int, typer.Option(help="B: clips per training step on the node, for Eq. 3.")] = 1024,
-    step_time: Annotated[float, typer.Option(help="Δ: seconds per training step, for Eq. 3.")] = 4.0,
-    read_speed: Annotated[
-        float, typer.Option(help="S_r in MB/s for Eq. 3; 0 measures DST's volume (256 MiB test file).")
-    ] = 0.0,
-    safety: Annotated[float, typer.Option(help="Fraction of the read budget kept in reserve, 0-1.")] = 0.04,
-    workers: Annotated[int, typer.Option(help="Videos encoded in parallel (default: all cores).")] = 0,
-    shard: Annotated[str, typer.Option(help="i/n: do only shard i (0-based) of n, e.g. one Slurm array task.")] = "0/1",
-    plan: Annotated[bool, typer.Option(help="Only print the sizing, chunk count and size; write nothing.")] = False,
-) -> None:
-    """Cut long videos into fixed-length libx264 chunks in AVION's layout, resumably and in parallel.
+def _run_chunk(cfg: ChunkConfig, action: ChunkAction) -> None:
+    from avtool.prep.chunk import plan_chunking, run_chunking
 
-    Every chunk starts with a keyframe and holds exactly --chunk-len seconds (the last one is
-    shorter); one FFmpeg pass per video; each video is verified before it appears in DST, so a rerun
-    resumes where a killed run stopped. Writes DST/manifest.csv (one row per chunk)."""
-    from avtool.prep.chunk import ChunkConfig, plan_chunking, run_chunking
-    from avtool.prep.encode import EncodeSettings
-
-    auto = chunk_len.strip().lower() == "auto"
-    if not auto and not chunk_len.strip().isdigit():
-        raise AvtoolError(f"--chunk-len must be a whole number of seconds or 'auto', got {chunk_len!r}")
-    encode = EncodeSettings(
-        chunk_len=15 if auto else int(chunk_len), crf=crf, preset=preset, fps=fps or None,
-        short_side=short_side, upscale=upscale, gop=gop, audio=audio,
-    )  # fmt: skip
-    extra = {"workers": workers} if workers > 0 else {}
-    cfg = ChunkConfig(
-        src=src, dst=dst, encode=encode, auto_chunk_len=auto, batch_size=batch_size, step_time=step_time,
-        read_speed=read_speed * 1e6 if read_speed > 0 else None, safety=safety, shard=_parse_shard(shard), **extra,
-    )  # fmt: skip
+    plan, dst, auto = action.plan, cfg.dst, cfg.auto_chunk_len
     with console.status("probing videos" + (" and measuring ρ and S_r" if auto or plan else "") + " ..."):
         chunk_plan = plan_chunking(cfg, measure=plan)
     _print_plan(chunk_plan)
@@ -202,6 +192,26 @@ def chunk(
     if report.interrupted:
         raise typer.Exit(130)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _chunk(app: typer.Typer) -> None:
+    from avtool.prep.chunk import ChunkConfig
+
+    config_command(
+        app,
+        "chunk",
+        ChunkConfig,
+        _run_chunk,
+        extras={"action": ChunkAction},
+        help="""Cut long videos into fixed-length libx264 chunks in AVION's layout, resumably and in parallel.
+
+    Every chunk starts with a keyframe and holds exactly --chunk-len seconds (the last one is shorter);
+    one FFmpeg pass per video; each video is verified before it appears in DST, so a rerun resumes where
+    a killed run stopped. Writes DST/manifest.csv (one row per chunk).""",
+    )
+
+
+LAZY_COMMANDS["chunk"] = _chunk
 
 
 def _print_plan(plan) -> None:

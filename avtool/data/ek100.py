@@ -8,8 +8,9 @@ with each chunk's own rate (EK-100 mixes 50 and 60 fps), never from the 60-fps f
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from avtool.data.base import ClipConfig, ClipDataset, read_pickle, resolve_video
 from avtool.data.problems import Problems
 from avtool.data.strings import StringTable
 from avtool.errors import AvtoolError
+from avtool.options import option
 
 _TIMESTAMP = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2}(?:\.\d*)?)\s*$")
 _CLIP_COLUMNS = ("narration_id", "participant_id", "video_id", "start_timestamp", "stop_timestamp", "narration")
@@ -204,6 +206,23 @@ def _load_matrix(path: Path) -> np.ndarray:
     if matrix.ndim != 2:
         raise AvtoolError(f"{path}: relevancy must be a clips × sentences matrix, got shape {matrix.shape}")
     return matrix
+
+
+def ek100_root_option(default: Any = MISSING, *, positional: bool, flags: tuple[str, ...]) -> Any:
+    """The EK-100 video root as a setting of a job (`train mir|cls` take it first, `train lavila` optionally)."""
+    return option(default, flags=flags, positional=positional, panel="Data", metavar="DIR",
+                  help="Chunked EK-100 videos (ROOT/P01/P01_01.MP4/0.MP4).")  # fmt: skip
+
+
+def ek100_annotations_option(default: Any = MISSING, *, positional: bool) -> Any:
+    return option(
+        default,
+        flags="--ek100-annotations",
+        positional=positional,
+        panel="Data",
+        metavar="DIR",
+        help="EK-100 annotations folder: EPIC_100_{train,validation}.csv and retrieval_annotations/.",
+    )
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,12 @@ N×N attention matrix for backward; every other choice computes the same functio
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from avtool.model_options import ATTN_IMPLS, AttnImpl
 from avtool.models.fa4 import fa4_attention, fa4_available
 
 try:  # optional: pip install 'avtool[flash]'
@@ -20,8 +19,6 @@ try:  # optional: pip install 'avtool[flash]'
 except ImportError:
     flash_attn_func = None
 
-AttnImpl = Literal["sdpa", "math", "flash", "efficient", "cudnn", "flash-attn", "fa4"]
-ATTN_IMPLS: tuple[str, ...] = get_args(AttnImpl)
 
 KEEPABLE_IMPLS: tuple[str, ...] = ("sdpa", "flash", "efficient", "cudnn", "fa4")
 """The implementations whose kernel is one op that selective checkpointing can keep: SDPA's

@@ -8,10 +8,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from avtool.model_options import fast_conv1_option, fused_mlp_option, low_precision_residual_option
 from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
 from avtool.models.blocks import Activation, Block, DividedSpaceTimeBlock, Transformer, init_transformer_
 from avtool.models.fused_mlp import check_fused_mlp
 from avtool.models.patch_embed import PatchEmbed
+from avtool.options import option
 
 VideoArch = Literal["vit", "timesformer"]
 
@@ -20,22 +22,17 @@ VideoArch = Literal["vit", "timesformer"]
 class VideoTowerConfig:
     """Shape and training options of a video tower."""
 
-    arch: VideoArch = "vit"
-    """`vit`: joint space–time attention over all tokens; `timesformer`: divided space–time attention."""
-    image_size: int = 224
-    """Height and width of the (square) input frames in pixels."""
-    patch_size: int = 16
-    """Spatial side of a cube in pixels."""
-    tubelet_size: int = 1
-    """Temporal extent t of a cube in frames (1: every frame is tokenised on its own, as in the paper)."""
-    num_frames: int = 4
-    """Frames per clip; the temporal embedding has num_frames / tubelet_size entries."""
-    width: int = 768
-    """Token dimension D."""
-    layers: int = 12
-    """Number of transformer blocks."""
-    heads: int = 12
-    """Attention heads per block."""
+    arch: VideoArch = option("vit", panel="Model", help="Video architecture: vit (joint space-time attention over "
+                             "all tokens) or timesformer (divided space-time attention).")  # fmt: skip
+    image_size: int = option(224, panel="Model", unit="pixels", help="Height and width of the (square) frames.")
+    patch_size: int = option(16, panel="Model", unit="pixels", help="Spatial side of a cube.")
+    tubelet_size: int = option(1, flags="--tubelet", panel="Model", unit="frames",
+                               help="Temporal extent of a cube (1: every frame is tokenised on its own, as in the "
+                               "paper).")  # fmt: skip
+    num_frames: int = option(4, flags="--frames", panel="Model", unit="frames", help="Frames per clip.")
+    width: int = option(768, panel="Model", unit="channels", help="Token width D of the video tower (768: ViT-B).")
+    layers: int = option(12, panel="Model", unit="blocks", help="Transformer blocks of the video tower.")
+    heads: int = option(12, panel="Model", help="Attention heads per block of the video tower.")
     mlp_ratio: float = 4.0
     """MLP hidden size as a multiple of the width."""
     output_dim: int | None = 256
@@ -54,17 +51,17 @@ class VideoTowerConfig:
     """With grad_checkpointing, the last k checkpointed blocks keep their attention kernel's outputs for
     backward (selective checkpointing: about N·D·2 bytes per clip and block in bf16) instead of recomputing
     the attention, the costliest op per byte to recompute. SDPA's memory-efficient kernels and `fa4` only."""
-    fast_conv1: bool = False
+    fast_conv1: bool = fast_conv1_option(False)
     """Compute the patch embedding as one matmul on unfolded cubes (same maths as the conv)."""
     drop_path_rate: float = 0.0
     """Stochastic depth rate of the last block, increasing linearly from 0 at the first."""
     patch_dropout: float = 0.0
     """Fraction of patch tokens dropped at random in training (the CLS token is always kept)."""
-    low_precision_residual: bool = False
+    low_precision_residual: bool = low_precision_residual_option()
     """Under autocast, carry the residual stream between blocks in the autocast dtype (bf16) instead of
     float32, as pure-bf16 training does: halves the block inputs that checkpointing keeps and the residual's
     memory traffic, at the cost of rounding the residual sums. Meant for bfloat16 (float16 may overflow)."""
-    fused_mlp: bool = False
+    fused_mlp: bool = fused_mlp_option()
     """Compute each MLP with its activation in the matmuls' epilogues (quack's CuTe GEMMs on a Hopper or
     Blackwell GPU, plain PyTorch on a CPU): saves the activation's memory traffic; same maths."""
 

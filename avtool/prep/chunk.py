@@ -27,8 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from avtool.atomic import atomic_write_text
-from avtool.bench.io import measure_sequential_read
 from avtool.errors import AvtoolError
+from avtool.options import option
 from avtool.prep.encode import (
     ChunkFile,
     EncodeError,
@@ -38,6 +38,7 @@ from avtool.prep.encode import (
     verify_chunks,
 )
 from avtool.prep.sizing import ChunkSizing, Quantity
+from avtool.readspeed import measure_sequential_read
 from avtool.video.probe import VideoInfo, probe_video
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".mov", ".webm", ".avi"}
@@ -47,40 +48,85 @@ MANIFEST_COLUMNS = [
 ]  # fmt: skip
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/n`` as (i, n)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise AvtoolError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    return i, n
+
+
 @dataclass(frozen=True)
 class ChunkConfig:
-    src: Path
-    """Folder searched recursively for videos (mp4, mkv, mov, webm, avi), or one video file."""
-    dst: Path
-    """Output root: DST/<relative path of the video>/<start second>.<ext>."""
+    """Cut the videos under SRC into chunks under DST."""
+
+    src: Path = option(
+        panel="Data",
+        flags="--src",
+        positional=True,
+        metavar="DIR",
+        help="Folder searched recursively for videos (mp4, mkv, mov, webm, avi), or one video file.",
+    )
+    dst: Path = option(
+        panel="Data",
+        flags="--dst",
+        positional=True,
+        metavar="DIR",
+        help="Output root: DST/<relative path of the video>/<start second>.mp4.",
+    )
     encode: EncodeSettings = field(default_factory=EncodeSettings)
-    auto_chunk_len: bool = False
-    """Choose the chunk length from B·ρ·T ≤ S_r·Δ instead of ``encode.chunk_len``."""
-    batch_size: int = 1024
-    """B: clips per training step on the whole node (paper: 1024)."""
-    step_time: float = 4.0
-    """Δ: seconds per training step (paper: 4 s)."""
-    read_speed: float | None = None
-    """S_r in bytes/s; None measures DST's volume."""
-    safety: float = 0.04
-    """Fraction of the read budget kept in reserve (4% turns the paper's 15.6 s into its 15 s)."""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Videos encoded at the same time."""
-    shard: tuple[int, int] = (0, 1)
-    """(i, n): process only the videos whose path hashes to shard i of n."""
+    batch_size: int = option(
+        1024,
+        panel="Chunks",
+        unit="clips/step",
+        help="B: clips per training step on the whole node, for Eq. 3 (paper: 1024).",
+    )
+    step_time: float = option(4.0, panel="Chunks", unit="s", help="Δ: seconds per training step, for Eq. 3.")
+    read_speed: float | None = option(
+        None,
+        panel="Chunks",
+        unit="MB/s",
+        show_default="measured on DST's volume",
+        help="S_r for Eq. 3 (256 MB test file when measured).",
+    )
+    safety: float = option(0.04, panel="Chunks", help="Fraction of the read budget kept in reserve, 0-1 (4% turns "
+                           "the paper's 15.6 s into its 15 s).")  # fmt: skip
+    workers: int = option(
+        default_factory=lambda: os.cpu_count() or 1,
+        flags="--encoders",
+        panel="Run",
+        show_default="all cores",
+        help="Videos encoded in parallel; FFmpeg threads split the cores.",
+    )
+    shard: tuple[int, int] = option(
+        (0, 1),
+        panel="Run",
+        metavar="i/n",
+        show_default="0/1",
+        parse=parse_shard,
+        help="Do only shard i (0-based) of n, e.g. one task of a Slurm job array.",
+    )
     trial_videos: int = 3
     """Videos trial-encoded to measure ρ."""
+
+    @property
+    def auto_chunk_len(self) -> bool:
+        """Whether the chunk length comes from B·ρ·T ≤ S_r·Δ (``--chunk-len auto``)."""
+        return self.encode.chunk_len == "auto"
 
     def __post_init__(self) -> None:
         i, n = self.shard
         if n < 1 or not 0 <= i < n:
             raise AvtoolError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
         if self.workers < 1:
-            raise AvtoolError(f"--workers must be at least 1, got {self.workers}")
+            raise AvtoolError(f"--encoders must be at least 1, got {self.workers}")
         if self.batch_size < 1 or self.step_time <= 0:
             raise AvtoolError("--batch-size and --step-time must be positive")
         if not 0 <= self.safety < 1:
             raise AvtoolError(f"--safety must be in [0, 1), got {self.safety}")
+        if self.read_speed is not None and self.read_speed <= 0:
+            raise AvtoolError(f"--read-speed must be positive, got {self.read_speed}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +250,8 @@ def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
         sizing = size_chunks(cfg, [j.info for j in jobs])
         if cfg.auto_chunk_len:
             chunk_len = sizing.chosen_chunk_seconds
+    if chunk_len == "auto":  # nothing left to size: the length DST was made with (15 for an empty DST)
+        chunk_len = _recorded_chunk_len(dst) or 15
     cfg = replace(cfg, encode=replace(cfg.encode, chunk_len=chunk_len))
     _check_settings(dst, cfg)
     return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len)
@@ -213,12 +261,14 @@ def size_chunks(cfg: ChunkConfig, infos: list[VideoInfo]) -> ChunkSizing:
     """Measure ρ by trial encodes and S_r on DST's volume (unless given), for Eq. 3."""
     sample = sorted(infos, key=lambda i: i.path)[: max(1, cfg.trial_videos)]
     with tempfile.TemporaryDirectory(prefix="avtool-trial-") as tmp:
-        rates = [(trial_bitrate(info, cfg.encode, Path(tmp)), info.duration) for info in sample]
+        # With --chunk-len auto the trial places keyframes as 15-s chunks would; the bitrate barely depends on it.
+        trial = replace(cfg.encode, chunk_len=15) if cfg.auto_chunk_len else cfg.encode
+        rates = [(trial_bitrate(info, trial, Path(tmp)), info.duration) for info in sample]
     rho = sum(r * d for r, d in rates) / sum(d for _, d in rates)
     if cfg.read_speed is not None:
-        read = Quantity("S_r", cfg.read_speed, "B/s", "--read-speed")
+        read = Quantity("S_r", cfg.read_speed * 1e6, "B/s", "--read-speed")
     else:
-        result = measure_sequential_read(_existing_parent(Path(cfg.dst)), size_bytes=256 * 2**20)
+        result = measure_sequential_read(_existing_parent(Path(cfg.dst)), size_bytes=256_000_000)
         read = Quantity("S_r", result.bytes_per_second, "B/s", f"measured on DST's volume, {result.cache}")
     return ChunkSizing(
         batch_size=Quantity("B", cfg.batch_size, "clips/step", "--batch-size"),
@@ -385,6 +435,13 @@ def _settings_record(cfg: ChunkConfig) -> dict:
 
 def _settings_path(dst: Path) -> Path:
     return _state_dir(dst) / "chunk_settings.json"
+
+
+def _recorded_chunk_len(dst: Path) -> int | None:
+    try:
+        return int(json.loads(_settings_path(dst).read_text())["chunk_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_settings(dst: Path, cfg: ChunkConfig) -> None:

@@ -13,47 +13,63 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 
 from avtool.errors import AvtoolError
+from avtool.options import option
 from avtool.video.ffmpeg import ffmpeg_exe
 from avtool.video.probe import VideoInfo
+
+X264_PRESETS = (
+    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+)  # fmt: skip
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
 
 
 @dataclass(frozen=True)
 class EncodeSettings:
-    chunk_len: int = 15
-    """Chunk length in seconds."""
-    crf: int = 23
-    """libx264 constant rate factor (lower is higher quality and more bytes)."""
-    preset: str = "medium"
-    """libx264 preset (ultrafast … veryslow): encoding speed against bytes."""
-    fps: float | None = None
-    """Output frame rate in frames/s; None keeps the source's average rate (as constant rate)."""
-    short_side: int = 288
-    """Short side of the output in pixels (aspect kept, even sizes); 0 keeps the source size."""
-    upscale: bool = False
-    """Also scale sources whose short side is below ``short_side`` up."""
-    gop: float = 1.0
-    """Keyframe interval inside a chunk in seconds."""
-    audio: bool = False
-    """Keep the first audio track (re-encoded as AAC)."""
+    """How each chunk is encoded (one libx264 pass per video)."""
+
+    chunk_len: int | Literal["auto"] = option(
+        15, flags="--chunk-len", unit="s", metavar="INT|auto", panel="Chunks",
+        help="Chunk length in whole seconds, or auto to solve B·ρ·T ≤ S_r·Δ for T (§4.3, Eq. 3).",
+    )  # fmt: skip
+    crf: int = option(23, panel="Encoding", help="libx264 constant rate factor, 0-51 (lower: better, larger).")
+    preset: X264Preset = option(
+        "medium", panel="Encoding", metavar="ultrafast...veryslow", help="libx264 preset: encoding speed against bytes."
+    )
+    fps: float | None = option(
+        None, panel="Encoding", unit="frames/s", show_default="the source's rate", help="Output frame rate (constant)."
+    )
+    short_side: int = option(
+        288,
+        panel="Encoding",
+        unit="pixels",
+        help="Short side of the chunks (aspect kept, even sizes); 0 keeps the size.",
+    )
+    upscale: bool = option(False, panel="Encoding", help="Also scale videos smaller than --short-side up.")
+    gop: float = option(
+        1.0,
+        panel="Encoding",
+        unit="s",
+        help="Keyframe interval inside a chunk in seconds (sparse frame sampling seeks to them).",
+    )
+    audio: bool = option(False, panel="Encoding", help="Keep the first audio track (AAC); dropped by default.")
 
     def __post_init__(self) -> None:
-        if self.chunk_len < 1:
-            raise AvtoolError(f"chunk length must be at least 1 s, got {self.chunk_len}")
-        if not 0 < self.gop <= self.chunk_len:
+        if self.chunk_len != "auto" and (isinstance(self.chunk_len, bool) or not isinstance(self.chunk_len, int)
+                                         or self.chunk_len < 1):  # fmt: skip
+            raise AvtoolError(
+                f"--chunk-len must be a whole number of seconds (at least 1) or auto, got {self.chunk_len!r}"
+            )
+        if not 0 < self.gop <= (15 if self.chunk_len == "auto" else self.chunk_len):
             raise AvtoolError(f"--gop must be in (0, chunk length], got {self.gop}")
         if not 0 <= self.crf <= 51:
             raise AvtoolError(f"--crf must be in 0..51, got {self.crf}")
         if self.preset not in X264_PRESETS:
             raise AvtoolError(f"--preset must be one of {', '.join(X264_PRESETS)}, got {self.preset!r}")
-
-
-X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
-)  # fmt: skip
 
 
 def output_size(info: VideoInfo, settings: EncodeSettings) -> tuple[int, int]:

@@ -13,13 +13,16 @@ from rich.console import Console
 from torch import nn
 
 from avtool.data import EK100CLS, ClipConfig, EK100Layout
+from avtool.data.ek100 import ek100_annotations_option, ek100_root_option
 from avtool.models import VideoClassifier
+from avtool.options import option
 from avtool.train.checkpoint import load_checkpoint
 from avtool.train.config import OptimConfig, RunConfig, raise_problems
 from avtool.train.distributed import DistEnv
 from avtool.train.engine import FitResult, fit
 from avtool.train.evaluate import evaluate_cls
 from avtool.train.mixup import MixupConfig, mix_batch, soft_cross_entropy
+from avtool.train.model_config import pretrained_checkpoint_option
 from avtool.train.model_factory import (
     ModelConfig,
     build_classifier,
@@ -35,11 +38,10 @@ from avtool.video.decode import DecoderConfig
 class CLSConfig:
     """EK-100 CLS fine-tuning; defaults are the paper's ViT-B recipe (16 frames, 64 clips per GPU, 100 epochs)."""
 
-    ek100: EK100Layout
-    """EK-100 chunked videos and annotations (EPIC_100_train.csv, EPIC_100_validation.csv)."""
-    run: RunConfig
-    pretrained_checkpoint: Path | None = None
-    """An `avtool train lavila` checkpoint whose video tower to start from (its projection is dropped)."""
+    ek100_root: Path = ek100_root_option(positional=True, flags=("--ek100-root", "--root"))
+    ek100_annotations: Path = ek100_annotations_option(positional=True)
+    pretrained_checkpoint: Path | None = pretrained_checkpoint_option()
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir=Path("runs/cls"), epochs=100, batch_size=64))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(num_frames=16, drop_path=0.1))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -54,13 +56,15 @@ class CLSConfig:
         )  # fmt: skip
     )
     mixup: MixupConfig = field(default_factory=MixupConfig)
-    dropout: float = 0.5
-    """Dropout before the action head."""
-    flip: float = 0.5
-    """Horizontal flip probability (fused into decoding)."""
+    dropout: float = option(0.5, panel="Model", help="Dropout before the action head.")
+    flip: float = option(0.5, panel="Data", help="Horizontal flip probability (fused into decoding).")
     crop_scale: tuple[float, float] = (0.5, 1.0)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     eval_batch_size: int = 64
+
+    @property
+    def ek100(self) -> EK100Layout:
+        return EK100Layout(self.ek100_root, self.ek100_annotations)
 
     def check(self) -> None:
         problems = self.run.problems() + self.optim.problems() + self.model.problems()

@@ -4,60 +4,120 @@ whole config at start and saves it as ``config.json`` next to its checkpoints.""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from avtool.errors import AvtoolError
-from avtool.results import jsonable
+from avtool.options import config_json, option
+
+__all__ = [
+    "COMPILE_MODES", "CompileMode", "Device", "OptimConfig", "Precision", "RunConfig", "autocast_dtype",
+    "config_json", "raise_problems",
+]  # fmt: skip
 
 Precision = Literal["bf16", "fp16", "fp32"]
+Device = Literal["auto", "cuda", "cpu"]
+CompileMode = Literal["default", "max-autotune-gemm", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: dict[str, dict] = {
+    "default": {},
+    "max-autotune-gemm": {"options": {"max_autotune_gemm": True}},
+    "max-autotune-no-cudagraphs": {"mode": "max-autotune-no-cudagraphs"},
+}
+"""``torch.compile`` arguments of each compile mode (`avtool train` and `avtool bench model`)."""
+
+
+# Options that mean the same in every command that has them (train, eval and the benches): defined here once.
+def precision_option() -> Any:
+    return option(
+        "bf16", flags="--precision", panel="Run", metavar="bf16|fp16|fp32",
+        help="Autocast precision on CUDA: bf16 (no loss scaling), fp16 (the paper's, with a gradient scaler) or "
+        "fp32. The CPU always runs fp32.",
+    )  # fmt: skip
+
+
+def device_option() -> Any:
+    return option("auto", flags="--device", panel="Run", help="auto (CUDA when there is a GPU), cuda or cpu.")
+
+
+def seed_option(what: str = "weights, shuffling, frame jitter, crops and augmentation") -> Any:
+    return option(0, flags="--seed", panel="Run", help=f"Seed of the {what}; the same seed gives the same run.")
+
+
+def compile_option() -> Any:
+    return option(False, flags="--compile", panel="Run", help="Run the model through torch.compile (compiling "
+                  "takes minutes on a GPU).")  # fmt: skip
+
+
+def compile_mode_option() -> Any:
+    return option(
+        "default", flags="--compile-mode", panel="Run",
+        help="With --compile: default; max-autotune-gemm (also times Triton matmuls with fused epilogues against "
+        "cuBLAS per shape; compiles several times longer); max-autotune-no-cudagraphs (also tunes every "
+        "elementwise kernel; longer still).",
+    )  # fmt: skip
+
+
+def output_option(default: str, what: str) -> Any:
+    return option(Path(default), flags=("--output", "--output-dir"), panel="Output", metavar="DIR",
+                  help=f"Folder for {what}.")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Steps, batches, precision, checkpoints and logging of a run."""
 
-    output_dir: Path
-    """Checkpoints, config.json, metrics.jsonl and eval results go here."""
-    epochs: int = 5
-    """Passes over the training set."""
-    batch_size: int = 256
-    """Clips per GPU (per process) per micro-step; the global batch is batch_size × GPUs × accum_steps."""
-    accum_steps: int = 1
-    """Micro-batches accumulated before each optimiser step."""
-    workers: int = 8
-    """Data-loader worker processes per GPU (each decodes on one core)."""
-    precision: Precision = "bf16"
-    """Autocast precision on CUDA: bf16 (no loss scaling), fp16 (with a gradient scaler) or fp32. The CPU
-    always runs fp32."""
-    clip_grad_norm: float | None = None
-    """Clip the global gradient norm to this value (None: no clipping)."""
-    seed: int = 0
-    """Seed of weights, shuffling, frame jitter, crops and augmentation."""
-    device: str = "auto"
-    """`auto` (CUDA when there is a GPU), `cuda` or `cpu`."""
-    log_every: int = 10
-    """Optimiser steps per line of metrics.jsonl (and progress-bar refresh of the averages)."""
-    save_every: int = 500
-    """Optimiser steps between step checkpoints (a checkpoint is also written after every epoch)."""
-    save_every_epochs: int = 1
-    """Epochs between end-of-epoch checkpoints (the last epoch and a new best are always saved)."""
-    keep_checkpoints: int = 2
-    """Step checkpoints kept on disk (the best and the last epoch have their own files)."""
-    resume: str = "auto"
-    """`auto`: continue from the latest checkpoint in output_dir if there is one; `off`: refuse to
-    overwrite an output_dir that has checkpoints; or the path of a checkpoint to continue from."""
-    stop_after: int | None = None
-    """Stop (with a checkpoint) after this many optimiser steps of the schedule, e.g. to fit a job's time
-    limit; rerun the same command to continue. None: run all epochs."""
-    eval_every: int = 1
-    """Evaluate every this many epochs (0: only at the end)."""
-    eval_at_start: bool = False
-    """Also evaluate before the first step (the zero-shot baseline of the initial weights)."""
-    compile: bool = False
-    """Run the model through torch.compile."""
+    output_dir: Path = output_option("runs", "checkpoints, config.json, metrics.jsonl and evaluation results")
+    epochs: int = option(5, panel="Optimisation", help="Passes over the training set.")
+    batch_size: int = option(
+        256, panel="Optimisation", unit="clips",
+        help="Clips per GPU (per process) per micro-step; the global batch is this × GPUs × --accum-steps.",
+    )  # fmt: skip
+    accum_steps: int = option(1, panel="Optimisation", help="Micro-batches accumulated before each optimiser step.")
+    workers: int = option(
+        8, flags=("--workers", "-j"), panel="Data", unit="processes",
+        help="Data-loader worker processes per GPU, each decoding on one core (AVION's -j).",
+    )  # fmt: skip
+    precision: Precision = precision_option()
+    clip_grad_norm: float | None = option(
+        None, flags="--clip-grad", panel="Optimisation", help="Clip the global gradient norm to this value; none: "
+        "no clipping."
+    )  # fmt: skip
+    seed: int = seed_option()
+    device: Device = device_option()
+    log_every: int = option(10, panel="Output", help="Optimiser steps per line of metrics.jsonl.")
+    save_every: int = option(
+        500,
+        panel="Checkpoints",
+        help="Optimiser steps between step checkpoints (one is also written after each epoch).",
+    )
+    save_every_epochs: int = option(
+        1, panel="Checkpoints",
+        help="Epochs between end-of-epoch checkpoints (the last epoch and a new best are always saved).",
+    )  # fmt: skip
+    keep_checkpoints: int = option(
+        2,
+        flags="--keep",
+        panel="Checkpoints",
+        help="Step checkpoints kept on disk (the best and the last have their own files).",
+    )
+    resume: str = option(
+        "auto", panel="Checkpoints", metavar="auto|off|FILE",
+        help="auto: continue from the latest checkpoint in --output if there is one; off: refuse to overwrite "
+        "checkpoints; or a checkpoint file to continue from.",
+    )  # fmt: skip
+    stop_after: int | None = option(
+        None, panel="Checkpoints", metavar="INT",
+        help="Stop with a checkpoint after this many optimiser steps of the schedule (e.g. a job's time limit); "
+        "rerun the same command to continue. none: run all epochs.",
+    )  # fmt: skip
+    eval_every: int = option(1, panel="Evaluation", help="Evaluate every this many epochs (0: only "
+                             "after the last).")  # fmt: skip
+    eval_at_start: bool = option(False, panel="Evaluation",
+                                 help="Also evaluate the initial weights before the first step (the zero-shot "
+                                 "baseline).")  # fmt: skip
+    compile: bool = compile_option()
+    compile_mode: CompileMode = compile_mode_option()
     loader_timeout: float = 300.0
     """Seconds to wait for one batch before failing instead of hanging."""
 
@@ -79,6 +139,8 @@ class RunConfig:
             out.append(f"clip_grad_norm={self.clip_grad_norm} must be positive")
         if self.eval_every < 0:
             out.append(f"eval_every={self.eval_every} must be 0 or more")
+        if self.compile_mode != "default" and not self.compile:
+            out.append(f"compile_mode={self.compile_mode!r} needs compile")
         return out
 
 
@@ -88,25 +150,26 @@ class OptimConfig:
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     """AdamW (pretraining, MIR) or SGD with momentum (CLS)."""
-    lr: float = 3e-5
-    """Peak learning rate (after lr_batch_scale is applied)."""
+    lr: float = option(3e-5, panel="Optimisation", help="Peak learning rate (CLS: per 128 clips of global batch, "
+                       "scaled to the batch).")  # fmt: skip
     lr_batch_scale: int | None = None
     """When set, the peak rate is lr × global batch / lr_batch_scale (CLS: base rate per 128 clips)."""
-    fixed_lr: bool = False
-    """Keep lr constant (the pretraining recipe's --fix-lr); else warm up, then half-wave cosine."""
-    warmup_epochs: float = 1.0
-    """Epochs of linear warm-up from lr_start to the peak."""
-    lr_start: float = 1e-6
-    """Learning rate at step 0 of the warm-up."""
-    lr_end: float = 1e-5
-    """Learning rate at the end of the cosine."""
-    weight_decay: float = 0.01
-    """Decoupled weight decay (AdamW) or L2 (SGD); not applied to biases, norm scales and the temperature
-    (the 0-D and 1-D parameters), as in CLIP and the reference."""
+    fixed_lr: bool = option(
+        False,
+        flags=("--fixed-lr", "--fix-lr"),
+        panel="Optimisation",
+        help="Constant learning rate (AVION's --fix-lr); else warm-up, then half-wave cosine.",
+    )
+    warmup_epochs: float = option(1.0, panel="Optimisation", help="Linear warm-up from --lr-start to the peak.")
+    lr_start: float = option(1e-6, panel="Optimisation", help="Learning rate at the start of the warm-up.")
+    lr_end: float = option(1e-5, panel="Optimisation", help="Learning rate at the end of the cosine.")
+    weight_decay: float = option(
+        0.01, panel="Optimisation", help="Decoupled weight decay (AdamW) or L2 (SGD); not on biases, norm scales "
+        "and the temperature (the 0-D and 1-D parameters), as in CLIP.",
+    )  # fmt: skip
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW's betas."""
-    momentum: float = 0.9
-    """SGD momentum."""
+    momentum: float = option(0.9, panel="Optimisation", help="SGD momentum (CLS).")
 
     def problems(self) -> list[str]:
         out = []
@@ -126,12 +189,17 @@ class OptimConfig:
         return self.lr * global_batch / self.lr_batch_scale if self.lr_batch_scale else self.lr
 
 
+def autocast_dtype(precision: Precision, device_type: str) -> Any:
+    """The torch autocast dtype of ``precision`` on a device of ``device_type`` (None: float32, as always on the
+    CPU)."""
+    import torch
+
+    if device_type != "cuda" or precision == "fp32":
+        return None
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
 def raise_problems(what: str, problems: list[str]) -> None:
     """Report every problem of a config at once, on one line, before any heavy work."""
     if problems:
         raise AvtoolError(f"{what}: {'; '.join(problems)}")
-
-
-def config_json(config: Any) -> str:
-    """The config (nested dataclasses) as indented JSON; values JSON lacks (dtypes) as strings."""
-    return json.dumps(jsonable(config), indent=2, default=str)

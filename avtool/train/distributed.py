@@ -30,10 +30,6 @@ class DistEnv:
         return self.world_size > 1
 
 
-def launched_by_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """`auto` (CUDA when there is a GPU), `cuda` or `cpu`, as this rank's device."""
     if device not in ("auto", "cuda", "cpu"):
@@ -69,19 +65,6 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def barrier(env: DistEnv) -> None:
-    if env.distributed:
-        dist.barrier()
-
-
-def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    if env.distributed:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= env.world_size
-    return value
-
-
 def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     """Every rank's ``obj`` on every rank (small results: evaluation embeddings, counts)."""
     if not env.distributed:
@@ -89,15 +72,6 @@ def gather_objects(obj: Any, env: DistEnv) -> list[Any]:
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def all_gather_tensor(x: torch.Tensor, env: DistEnv) -> torch.Tensor:

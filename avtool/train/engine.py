@@ -1,5 +1,6 @@
-"""The training loop every job shares: DDP, autocast, gradient accumulation and clipping, the LR
-schedule, checkpoints with resume, evaluation and the best checkpoint, and metrics.
+"""The training loop every job shares: DDP, the optimiser step (``avtool.train.step``: autocast, gradient
+accumulation and clipping), the LR schedule, checkpoints with resume, evaluation and the best checkpoint,
+and metrics.
 
 A job (``avtool.train.lavila``, ``.mir``, ``.cls``) says what is specific to it through the ``Job``
 protocol: its model, its training set, its loss and its evaluation. ``fit`` does the rest.
@@ -11,7 +12,6 @@ uninterrupted run would have drawn, without storing generator states.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from avtool.atomic import atomic_write_text
 from avtool.data.loader import LoaderConfig, make_loader, set_epoch
@@ -35,12 +35,13 @@ from avtool.train.checkpoint import (
     save_checkpoint,
     step_checkpoint_path,
 )
-from avtool.train.config import OptimConfig, RunConfig, config_json
+from avtool.train.config import COMPILE_MODES, OptimConfig, RunConfig, autocast_dtype, config_json
 from avtool.train.distributed import DistEnv
 from avtool.train.model_factory import model_config_dict
 from avtool.train.monitor import TrainMonitor
 from avtool.train.optim import build_optimizer, set_lr
 from avtool.train.schedule import LrSchedule
+from avtool.train.step import TrainStep, grad_scaler
 
 BEST_CHECKPOINT = "checkpoint_best.pt"
 
@@ -96,12 +97,6 @@ class FitResult:
     interrupted: bool = False
 
 
-def _amp_dtype(run: RunConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or run.precision == "fp32":
-        return None
-    return torch.bfloat16 if run.precision == "bf16" else torch.float16
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -146,11 +141,49 @@ def fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, console: Cons
         distributed.teardown()
 
 
+@dataclass
+class _Run:
+    """A run's live objects, made by ``_setup`` and used until ``_fit`` returns."""
+
+    job: Job
+    run: RunConfig
+    config: Any
+    env: DistEnv
+    out: Path
+    loader: DataLoader
+    steps_per_epoch: int
+    stop_at: int
+    """The step this invocation stops at: ``--stop-after`` or the end of the schedule."""
+    schedule: LrSchedule
+    model: nn.Module
+    """The bare model: checkpoints and evaluation."""
+    forward: nn.Module
+    """The model as the loss runs it: DDP-wrapped and compiled as configured."""
+    train_step: TrainStep
+    """One optimiser step; holds the optimiser and the gradient scaler."""
+    state: TrainState
+    monitor: TrainMonitor
+    last_eval: dict[str, float] | None = None
+
+
 def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv, console: Console | None) -> FitResult:
+    r = _setup(job, run, optim, config, env, console or Console())
+    interrupted = False
+    r.model.train()
+    with r.monitor:
+        try:
+            _train_epochs(r)
+        except KeyboardInterrupt:
+            interrupted = True
+            _save(r, step_checkpoint_path(r.out, r.state.step))
+            r.monitor.print(f"interrupted: saved step {r.state.step}; rerun the same command to resume")
+    return FitResult(r.state, r.out, r.monitor.last, r.last_eval, interrupted)
+
+
+def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv, console: Console) -> _Run:
+    """The loader, schedule, model, optimiser and monitor of a run, resumed from its checkpoint if any."""
     out = Path(run.output_dir)
     resume_from = _resume_path(run)
-    console = console or Console()
-    say = console.print if env.is_main else (lambda *a, **k: None)
     torch.manual_seed(_step_seed(run.seed, 0, 0))  # the same initial weights on every rank
 
     loader = make_loader(
@@ -176,118 +209,134 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
 
     model = job.build_model().to(env.device)
     optimizer = build_optimizer(model, optim, env.device)
-    amp_dtype = _amp_dtype(run, env.device)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=amp_dtype == torch.float16)
-    state = TrainState()
-    if resume_from is not None:
-        checkpoint = load_checkpoint(resume_from)
-        if checkpoint.get("job") != job.name:
-            raise AvtoolError(f"{resume_from} is a checkpoint of `{checkpoint.get('job')}`, not of `{job.name}`")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = TrainState(**checkpoint["state"])
-        del checkpoint
+    amp_dtype = autocast_dtype(run.precision, env.device.type)
+    scaler = grad_scaler(env.device, amp_dtype)
+    state = TrainState() if resume_from is None else _restore(resume_from, job, model, optimizer, scaler)
     trained = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
         if env.distributed else model  # fmt: skip
-    forward = torch.compile(trained) if run.compile else trained
+    forward = torch.compile(trained, **COMPILE_MODES[run.compile_mode]) if run.compile else trained
+    train_step = TrainStep(
+        trained, optimizer, scaler, env.device, amp_dtype, accum_steps=run.accum_steps,
+        clip_grad_norm=run.clip_grad_norm,
+    )  # fmt: skip
 
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", config_json(config))
-        say(f"[bold]{job.name}[/] configuration (saved as {out / 'config.json'}):", highlight=False)
-        say(config_json(config), highlight=False, markup=False)
-        say(
+        console.print(f"[bold]{job.name}[/] configuration (saved as {out / 'config.json'}):", highlight=False)
+        console.print(config_json(config), highlight=False, markup=False)
+        console.print(
             f"world: {env.world_size} process(es) on {env.device.type}; global batch {global_batch} = "
             f"{run.batch_size} per process × {env.world_size} × {run.accum_steps} accumulation; "
             f"{steps_per_epoch} steps/epoch, {total_steps} steps; peak lr {schedule.peak_lr:.3g}"
             + (f"; resuming at step {state.step} from {resume_from}" if resume_from else ""),
             highlight=False,
         )
-
-    def save(path: Path) -> None:
-        started = time.perf_counter()
-        if env.is_main:
-            save_checkpoint(path, _checkpoint(model, optimizer, scaler, state, job, config))
-        monitor.exclude(time.perf_counter() - started)
-
-    def evaluate() -> dict[str, float] | None:
-        started = time.perf_counter()
-        model.eval()
-        with torch.no_grad(), torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            metrics = job.evaluate(model, env)
-        model.train()
-        if metrics is not None:
-            monitor.write({"type": "eval", "step": state.step, "epoch": state.epoch, **metrics})
-            summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-            monitor.print(f"eval at step {state.step}: {summary}")
-        monitor.exclude(time.perf_counter() - started)
-        return metrics
-
     monitor = TrainMonitor(
         out / "metrics.jsonl", enabled=env.is_main, total_steps=total_steps, first_step=state.step,
         videos_per_step=global_batch, world_size=env.world_size, log_every=run.log_every, device=env.device,
         console=console,
     )  # fmt: skip
-    last_eval: dict[str, float] | None = None
-    stop_at = min(total_steps, run.stop_after or total_steps)
-    interrupted = False
-    model.train()
-    with monitor:
-        try:
-            if run.eval_at_start and state.step == 0:
-                last_eval = evaluate()
-            if state.epoch < run.epochs and state.step < stop_at:
-                # One pass over all remaining epochs: the workers' prefetch runs on across epoch boundaries.
-                skip = state.step_in_epoch * run.accum_steps * run.batch_size
-                set_epoch(loader, state.epoch, skip=skip, until=run.epochs)
-                batches = iter(loader)
-            else:
-                monitor.print(f"nothing to do: the run in {out} is at step {state.step} of {stop_at}")
-            while state.epoch < run.epochs and state.step < stop_at:
-                while state.step_in_epoch < steps_per_epoch and state.step < stop_at:
-                    lr = schedule(state.step)
-                    set_lr(optimizer, lr)
-                    torch.manual_seed(_step_seed(run.seed, env.rank, state.step))
-                    loss, extra, data_seconds = _train_step(
-                        job, forward, trained, batches, optimizer, scaler, run, amp_dtype, env
-                    )
-                    state.step += 1
-                    state.step_in_epoch += 1
-                    monitor.step(state.step, state.epoch, lr, loss, data_seconds, extra)
-                    if state.step % run.save_every == 0:
-                        save(step_checkpoint_path(out, state.step))
-                        if env.is_main:
-                            prune_checkpoints(out, run.keep_checkpoints)
-                if state.step_in_epoch < steps_per_epoch:  # stopped by --stop-after inside the epoch
-                    break
-                state.epoch += 1
-                state.step_in_epoch = 0
-                last_eval = _maybe_evaluate(run, state, evaluate)
-                better = _is_better(job, last_eval, state.best)
-                if better:
-                    state.best = last_eval[job.best_metric]
-                if better or state.epoch == run.epochs or state.epoch % run.save_every_epochs == 0:
-                    save(step_checkpoint_path(out, state.step))
-                if better:
-                    save(out / BEST_CHECKPOINT)
-                if env.is_main:
-                    prune_checkpoints(out, run.keep_checkpoints)
-            if state.step_in_epoch:
-                save(step_checkpoint_path(out, state.step))
-            monitor.flush(state.step, state.epoch, schedule(max(state.step - 1, 0)))
-        except KeyboardInterrupt:
-            interrupted = True
-            save(step_checkpoint_path(out, state.step))
-            monitor.print(f"interrupted: saved step {state.step}; rerun the same command to resume")
-    return FitResult(state, out, monitor.last, last_eval, interrupted)
+    return _Run(
+        job=job, run=run, config=config, env=env, out=out, loader=loader, steps_per_epoch=steps_per_epoch,
+        stop_at=min(total_steps, run.stop_after or total_steps), schedule=schedule, model=model, forward=forward,
+        train_step=train_step, state=state, monitor=monitor,
+    )  # fmt: skip
 
 
-def _maybe_evaluate(run: RunConfig, state: TrainState, evaluate: Callable[[], dict | None]) -> dict | None:
-    last_epoch = state.epoch == run.epochs
-    if last_epoch or (run.eval_every and state.epoch % run.eval_every == 0):
-        return evaluate()
-    return None
+def _restore(path: Path, job: Job, model: nn.Module, optimizer, scaler) -> TrainState:
+    """Load a checkpoint of ``job`` into the model, optimiser and scaler; returns where the run was."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.get("job") != job.name:
+        raise AvtoolError(f"{path} is a checkpoint of `{checkpoint.get('job')}`, not of `{job.name}`")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    return TrainState(**checkpoint["state"])
+
+
+def _train_epochs(r: _Run) -> None:
+    """Train from where the run is to ``stop_at`` or the last epoch, then save where it stopped."""
+    state = r.state
+    if r.run.eval_at_start and state.step == 0:
+        r.last_eval = _evaluate(r)
+    if _steps_left(r):
+        # One pass over all remaining epochs: the workers' prefetch runs on across epoch boundaries.
+        skip = state.step_in_epoch * r.run.accum_steps * r.run.batch_size
+        set_epoch(r.loader, state.epoch, skip=skip, until=r.run.epochs)
+        batches = iter(r.loader)
+        while _steps_left(r):
+            _run_epoch(r, batches)
+            if state.step_in_epoch < r.steps_per_epoch:  # stopped by --stop-after inside the epoch
+                break
+            _end_of_epoch(r)
+    else:
+        r.monitor.print(f"nothing to do: the run in {r.out} is at step {state.step} of {r.stop_at}")
+    if state.step_in_epoch:
+        _save(r, step_checkpoint_path(r.out, state.step))
+    r.monitor.flush(state.step, state.epoch, r.schedule(max(state.step - 1, 0)))
+
+
+def _steps_left(r: _Run) -> bool:
+    return r.state.epoch < r.run.epochs and r.state.step < r.stop_at
+
+
+def _run_epoch(r: _Run, batches: Iterator[dict[str, Any]]) -> None:
+    """Optimiser steps to the end of the current epoch (or to ``stop_at``), with step checkpoints."""
+    state = r.state
+    while state.step_in_epoch < r.steps_per_epoch and state.step < r.stop_at:
+        lr = r.schedule(state.step)
+        set_lr(r.train_step.optimizer, lr)
+        torch.manual_seed(_step_seed(r.run.seed, r.env.rank, state.step))
+        loss, extra, data_seconds = _train_step(r, batches)
+        state.step += 1
+        state.step_in_epoch += 1
+        r.monitor.step(state.step, state.epoch, lr, loss, data_seconds, extra)
+        if state.step % r.run.save_every == 0:
+            _save(r, step_checkpoint_path(r.out, state.step))
+            if r.env.is_main:
+                prune_checkpoints(r.out, r.run.keep_checkpoints)
+
+
+def _train_step(r: _Run, batches: Iterator[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """One optimiser step of the job over ``run.accum_steps`` micro-batches; returns the mean loss, the last
+    micro-batch's extra numbers and the seconds spent waiting for data."""
+    data_seconds = 0.0
+    extra: dict[str, torch.Tensor] = {}
+
+    def micro_batches() -> Iterator[dict[str, Any]]:
+        nonlocal data_seconds
+        for _ in range(r.run.accum_steps):
+            waited = time.perf_counter()
+            batch = _to_device(next(batches), r.env.device)
+            data_seconds += time.perf_counter() - waited
+            yield batch
+
+    def loss(batch: dict[str, Any]) -> torch.Tensor:
+        nonlocal extra
+        value, extra = r.job.loss(r.forward, batch, r.env)
+        return value
+
+    total = r.train_step(micro_batches(), loss)
+    return total, extra, data_seconds
+
+
+def _end_of_epoch(r: _Run) -> None:
+    """Count the finished epoch, evaluate it when due, and save its checkpoints (and a new best)."""
+    state, run = r.state, r.run
+    state.epoch += 1
+    state.step_in_epoch = 0
+    due = state.epoch == run.epochs or (run.eval_every and state.epoch % run.eval_every == 0)
+    r.last_eval = _evaluate(r) if due else None
+    better = _is_better(r.job, r.last_eval, state.best)
+    if better:
+        state.best = r.last_eval[r.job.best_metric]
+    if better or state.epoch == run.epochs or state.epoch % run.save_every_epochs == 0:
+        _save(r, step_checkpoint_path(r.out, state.step))
+    if better:
+        _save(r, r.out / BEST_CHECKPOINT)
+    if r.env.is_main:
+        prune_checkpoints(r.out, run.keep_checkpoints)
 
 
 def _is_better(job: Job, metrics: dict[str, float] | None, best: float | None) -> bool:
@@ -297,40 +346,26 @@ def _is_better(job: Job, metrics: dict[str, float] | None, best: float | None) -
     return value == value and (best is None or value > best)  # NaN is never better
 
 
-def _train_step(
-    job: Job,
-    forward: nn.Module,
-    trained: nn.Module,
-    batches: Iterator[dict[str, Any]],
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    run: RunConfig,
-    amp_dtype: torch.dtype | None,
-    env: DistEnv,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimiser step over ``run.accum_steps`` micro-batches; returns the mean loss, extra numbers
-    and the seconds spent waiting for data."""
-    data_seconds = 0.0
-    total = torch.zeros((), device=env.device)
-    extra: dict[str, torch.Tensor] = {}
-    for micro in range(run.accum_steps):
-        waited = time.perf_counter()
-        batch = _to_device(next(batches), env.device)
-        data_seconds += time.perf_counter() - waited
-        # DDP averages gradients in backward; between accumulated micro-batches that would be wasted traffic.
-        last = micro == run.accum_steps - 1
-        no_sync = (
-            trained.no_sync() if isinstance(trained, DistributedDataParallel) and not last else contextlib.nullcontext()
-        )
-        with no_sync:
-            with torch.autocast(env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, extra = job.loss(forward, batch, env)
-            scaler.scale(loss / run.accum_steps).backward()
-        total += loss.detach() / run.accum_steps
-    if run.clip_grad_norm is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), run.clip_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return total, extra, data_seconds
+def _evaluate(r: _Run) -> dict[str, float] | None:
+    """The job's validation metrics, logged; their time is left out of the training speed."""
+    started = time.perf_counter()
+    amp_dtype = r.train_step.amp_dtype
+    r.model.eval()
+    with torch.no_grad(), torch.autocast(r.env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        metrics = r.job.evaluate(r.model, r.env)
+    r.model.train()
+    if metrics is not None:
+        r.monitor.write({"type": "eval", "step": r.state.step, "epoch": r.state.epoch, **metrics})
+        summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+        r.monitor.print(f"eval at step {r.state.step}: {summary}")
+    r.monitor.exclude(time.perf_counter() - started)
+    return metrics
+
+
+def _save(r: _Run, path: Path) -> None:
+    """Write a checkpoint of the run (on rank 0); its time is left out of the training speed."""
+    started = time.perf_counter()
+    if r.env.is_main:
+        step = r.train_step
+        save_checkpoint(path, _checkpoint(r.model, step.optimizer, step.scaler, r.state, r.job, r.config))
+    r.monitor.exclude(time.perf_counter() - started)

@@ -8,18 +8,24 @@ import os
 from dataclasses import dataclass
 
 from avtool.errors import AvtoolError
+from avtool.options import option
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    nproc_per_node: int = 1
-    """Worker processes (GPUs) per node."""
-    nnodes: int = 1
-    """Nodes taking part."""
-    node_rank: int = 0
-    """This node's index, 0..nnodes-1 (multi-node only)."""
-    rdzv_endpoint: str = ""
-    """host:port where the nodes meet (multi-node only; e.g. the first node's address and a free port)."""
+    """Where the workers of a run start; given on the command line only (not part of a run's config)."""
+
+    nproc_per_node: int = option(
+        1,
+        flags=("--nproc-per-node", "--nproc_per_node"),
+        panel="Launch",
+        help="GPUs (worker processes) per node; above 1 launches torchrun.",
+    )
+    nnodes: int = option(1, panel="Launch", help="Nodes taking part (more than 1 needs --rdzv-endpoint).")
+    node_rank: int = option(0, panel="Launch", help="This node's index, 0..nnodes-1.")
+    rdzv_endpoint: str = option("", panel="Launch", metavar="HOST:PORT", show_default="none",
+                                help="Where the nodes meet, the same on every node (e.g. the first node and a free "
+                                "port).")  # fmt: skip
     rdzv_id: str = "avtool"
     """Name of the job shared by its nodes."""
 

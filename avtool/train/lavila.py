@@ -13,7 +13,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from avtool.data import EK100MIR, ClipConfig, Ego4DConfig, Ego4DNarrations, EK100Layout
+from avtool.data.ek100 import ek100_annotations_option, ek100_root_option
 from avtool.models import DualEncoder
+from avtool.options import option
 from avtool.train.config import OptimConfig, RunConfig, raise_problems
 from avtool.train.distributed import DistEnv
 from avtool.train.engine import FitResult, fit
@@ -28,34 +30,57 @@ from avtool.video.decode import DecoderConfig
 
 @dataclass(frozen=True)
 class LavilaConfig:
-    """Pretraining on Ego4D narrations; defaults are the paper's ViT-B recipe."""
+    """Pretraining on Ego4D narrations; defaults are the paper's ViT-B recipe (appendix B.1): 4 frames, 256 clips
+    per GPU, AdamW at a fixed 3e-5, weight decay 0.01, 5 epochs, frozen temperature, checkpointing, Fused
+    DecodeCrop."""
 
-    root: Path
-    """Chunked Ego4D videos (``ROOT/<video_uid>.mp4/<start>.mp4``, 15-s chunks)."""
-    metadata: Path
-    """LaViLa's ``ego4d_train.pkl``: a list of (video_uid, start_sec, end_sec, narration)."""
-    run: RunConfig
-    metadata_aux: tuple[Path, ...] = ()
-    """LLM-augmented narration pickles (narrator, rephraser) whose rows are added as more samples."""
-    ek100: EK100Layout | None = None
-    """EK-100 videos and annotations for zero-shot MIR evaluation (None: no evaluation)."""
+    root: Path = option(
+        flags="--root",
+        positional=True,
+        panel="Data",
+        metavar="DIR",
+        help="Chunked Ego4D videos (ROOT/<video_uid>.mp4/<start>.mp4, 15-s chunks).",
+    )
+    metadata: Path = option(
+        flags=("--metadata", "--train-metadata"), positional=True, panel="Data", metavar="FILE",
+        help="LaViLa's narration pickle, e.g. ego4d_train.pkl: a list of (video_uid, start_sec, end_sec, narration).",
+    )  # fmt: skip
+    metadata_aux: tuple[Path, ...] = option(
+        (), flags=("--metadata-aux", "--train-metadata-aux"), panel="Data", metavar="FILE",
+        help="LLM-augmented narration pickles (narrator, rephraser) whose rows are added as more samples; "
+        "repeatable.",
+    )  # fmt: skip
+    ek100_root: Path | None = ek100_root_option(None, positional=False, flags=("--ek100-root", "--root-val"))
+    """With ek100_annotations: zero-shot EK-100 MIR after every epoch, and the best checkpoint kept."""
+    ek100_annotations: Path | None = ek100_annotations_option(None, positional=False)
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir=Path("runs/lavila")))
     model: ModelConfig = field(default_factory=lambda: ModelConfig(freeze_temperature=True))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-5, fixed_lr=True, weight_decay=0.01))
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    """Fused DecodeCrop with seeking on PyAV by default."""
     crop_scale: tuple[float, float] = (0.5, 1.0)
     """RandomResizedCrop area range (fused into decoding)."""
-    local_loss: bool = False
-    """Score each GPU's clips against the global batch only (B×(world·B) logits instead of (world·B)²)."""
+    local_loss: bool = option(False, panel="Optimisation",
+                              help="Score each GPU's clips against the global batch only (B×(world·B) logits "
+                              "instead of (world·B)²).")  # fmt: skip
     eval_batch_size: int = 64
     """Clips per batch in evaluation."""
+
+    @property
+    def ek100(self) -> EK100Layout | None:
+        """EK-100 videos and annotations for zero-shot MIR evaluation (None: no evaluation)."""
+        if self.ek100_root is None and self.ek100_annotations is None:
+            return None
+        return EK100Layout(self.ek100_root, self.ek100_annotations)
 
     def check(self) -> None:
         problems = self.run.problems() + self.optim.problems() + self.model.problems()
         for path in (self.root, self.metadata, *self.metadata_aux):
             if not Path(path).exists():
                 problems.append(f"{path} does not exist")
-        if self.ek100 is not None:
+        if (self.ek100_root is None) != (self.ek100_annotations is None):
+            problems.append("give both --ek100-root (chunked videos) and --ek100-annotations (the annotations "
+                            "folder), or neither")  # fmt: skip
+        elif self.ek100 is not None:
             problems += [f"{p} does not exist" for p in (self.ek100.root, *self.ek100.mir_files("test"))
                          if not Path(p).exists()]  # fmt: skip
         raise_problems("train lavila", problems)

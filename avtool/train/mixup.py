@@ -12,17 +12,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from avtool.options import option
+
 
 @dataclass(frozen=True)
 class MixupConfig:
-    mixup_alpha: float = 0.8
-    """Beta(α, α) of the Mixup coefficient (0: no Mixup)."""
-    cutmix_alpha: float = 1.0
-    """Beta(α, α) of the CutMix area (0: no CutMix)."""
+    mixup_alpha: float = option(
+        0.8, flags="--mixup", panel="Optimisation", help="Beta(α, α) of the Mixup coefficient; 0: no Mixup."
+    )
+    cutmix_alpha: float = option(
+        1.0, flags="--cutmix", panel="Optimisation", help="Beta(α, α) of the CutMix area; 0: no CutMix."
+    )
     switch_prob: float = 0.5
     """With both on, probability of CutMix instead of Mixup for a batch."""
-    label_smoothing: float = 0.1
-    """Mass spread uniformly over all classes."""
+    label_smoothing: float = option(0.1, panel="Optimisation", help="Label mass spread uniformly over all classes.")
 
     @property
     def enabled(self) -> bool:

@@ -8,12 +8,10 @@ from pretraining), or from random initialisation.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from avtool.errors import AvtoolError, config_error
 from avtool.models import (
@@ -24,76 +22,25 @@ from avtool.models import (
     VideoTowerConfig,
     load_state_dict_resized,
 )
-from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
+from avtool.train.model_config import ModelConfig
+
+__all__ = ["ModelConfig", "build_classifier", "build_dual_encoder", "dual_encoder_config"]
 
 TINY = "tiny"
 # The CLIP BPE tokenizer's vocabulary: the text tower must embed every id it produces, tiny or not.
 CLIP_VOCAB_SIZE = 49408
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Which model to train and the memory/speed options of §4.1 (defaults: the paper's ViT-B/16)."""
-
-    name: str = "ViT-B-16"
-    """open_clip model name whose tower shapes to use (ViT-B-16, ViT-L-14, ...), or `tiny` for CPU tests."""
-    pretrained: str | None = None
-    """open_clip weights to start from: a tag such as `openai` (open_clip downloads it) or a local file;
-    None starts from random initialisation."""
-    num_frames: int = 4
-    """Frames per clip (pretraining 4, fine-tuning 16); the temporal embedding is interpolated when a
-    checkpoint was trained with another count."""
-    embed_dim: int = 256
-    """Size of the joint video-text embedding (the paper's projection heads are 256-d)."""
-    attn: AttnImpl = "sdpa"
-    """Attention kernel: `sdpa` (torch picks flash / memory-efficient), `flash`, `efficient`, `cudnn`,
-    `math` (the paper's baseline, N×N memory), `flash-attn` and `fa4` (the optional flash-attn and flash-attn-4
-    packages)."""
-    grad_checkpointing: bool = True
-    """Recompute each block's activations in backward (§4.1): 13× the batch for ~15% more time."""
-    ckpt_keep_attention: int = 0
-    """With grad_checkpointing, the last k video blocks keep their attention outputs instead of recomputing
-    the attention (ViT-B at 4 frames: 1.25 MB per clip and block; k = 10 gave `avtool bench model` 1.04× the
-    throughput on an H200 for 4 MB per clip more, benchmarks/README.md)."""
-    fast_conv1: bool = True
-    """Patch embedding as one matmul on unfolded patches instead of a convolution (same maths)."""
-    fused_mlp: bool = False
-    """Both towers' MLPs with the activation in the matmuls' epilogues (quack's CuTe GEMMs on Hopper or
-    Blackwell; same maths, `avtool.models.fused_mlp`)."""
-    drop_path: float = 0.0
-    """Stochastic depth rate of the last video block (fine-tuning uses 0.1)."""
-    patch_dropout: float = 0.0
-    """Fraction of video patch tokens dropped at random in training (0: none)."""
-    freeze_temperature: bool = False
-    """Keep the contrastive temperature fixed at 0.07 (the pretraining recipe's --freeze-temperature)."""
-
-    def problems(self) -> list[str]:
-        out = []
-        if self.num_frames < 1:
-            out.append(f"num_frames={self.num_frames} must be at least 1")
-        if self.embed_dim < 1:
-            out.append(f"embed_dim={self.embed_dim} must be at least 1")
-        attn_problem = check_attn_impl(self.attn)
-        if attn_problem:
-            out.append(attn_problem)
-        if self.ckpt_keep_attention < 0:
-            out.append(f"ckpt_keep_attention={self.ckpt_keep_attention} must be at least 0")
-        elif self.ckpt_keep_attention and not self.grad_checkpointing:
-            out.append("ckpt_keep_attention needs gradient checkpointing")
-        elif self.ckpt_keep_attention and (problem := check_keeps_attention(self.attn)):
-            out.append(f"ckpt_keep_attention {problem}")
-        return out
-
-
 def _tower_configs(cfg: ModelConfig) -> tuple[VideoTowerConfig, TextTowerConfig]:
     video = dict(
         num_frames=cfg.num_frames, output_dim=cfg.embed_dim, attn_impl=cfg.attn,
-        grad_checkpointing=cfg.grad_checkpointing, grad_checkpointing_keep_attention=cfg.ckpt_keep_attention,
-        fast_conv1=cfg.fast_conv1, drop_path_rate=cfg.drop_path, patch_dropout=cfg.patch_dropout,
-        fused_mlp=cfg.fused_mlp,
+        grad_checkpointing=cfg.grad_checkpointing, grad_checkpointing_blocks=cfg.ckpt_blocks,
+        grad_checkpointing_keep_attention=cfg.ckpt_keep_attention, fast_conv1=cfg.fast_conv1,
+        drop_path_rate=cfg.drop_path, patch_dropout=cfg.patch_dropout, fused_mlp=cfg.fused_mlp,
+        low_precision_residual=cfg.low_precision_residual,
     )  # fmt: skip
     text = dict(output_dim=cfg.embed_dim, attn_impl=cfg.attn, grad_checkpointing=cfg.grad_checkpointing,
-                fused_mlp=cfg.fused_mlp)  # fmt: skip
+                fused_mlp=cfg.fused_mlp, low_precision_residual=cfg.low_precision_residual)  # fmt: skip
     try:
         if cfg.name == TINY:
             # 4×4 patches per frame: small enough for a CPU, large enough to see the sample's objects move.
@@ -203,7 +150,3 @@ def load_video_tower_from_checkpoint(model: DualEncoder | VideoClassifier, state
             f"missing {', '.join(missing[:5]) or '-'}; unexpected {', '.join(unexpected[:5]) or '-'} "
             "(was it made with another --model?)"
         )
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -4,49 +4,94 @@ the temporal embedding is interpolated), evaluate it on EK-100 and compare with 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from avtool.data import EK100CLS, EK100MIR, ClipConfig, EK100Layout
+from avtool.data.ek100 import ek100_annotations_option, ek100_root_option
 from avtool.errors import AvtoolError
 from avtool.models import DualEncoder, VideoClassifier, load_state_dict_resized
 from avtool.models.attention import AttnImpl
+from avtool.options import option
 from avtool.train import distributed
 from avtool.train.checkpoint import load_checkpoint
-from avtool.train.config import Precision, raise_problems
+from avtool.train.config import Device, Precision, device_option, precision_option, raise_problems
 from avtool.train.evaluate import evaluate_cls, evaluate_mir, majority_class_accuracy
 from avtool.train.metrics import chance_retrieval_metrics
+from avtool.train.model_config import attn_option
 from avtool.train.model_factory import model_from_config_dict, with_tower_options
 from avtool.video.decode import DecoderConfig
+
+SPLITS = {"mir": ("test", "train"), "cls": ("validation", "train")}
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    checkpoint: Path
-    ek100: EK100Layout
-    task: str
-    """`mir` or `cls`."""
-    split: str = "test"
-    """MIR: test or train; CLS: validation or train."""
-    frames: int | None = None
-    """Frames per clip; None: the checkpoint's."""
-    attn: AttnImpl = "sdpa"
-    batch_size: int = 64
-    workers: int = 8
-    precision: Precision = "bf16"
-    decoder: DecoderConfig = DecoderConfig()
-    device: str = "auto"
+    """Evaluate a checkpoint on EK-100 MIR or CLS."""
+
+    checkpoint: Path = option(
+        flags="--checkpoint",
+        positional=True,
+        panel="Data",
+        metavar="FILE",
+        help="A checkpoint of `avtool train lavila|mir` (MIR) or `train cls` (CLS).",
+    )
+    ek100_root: Path = ek100_root_option(positional=True, flags=("--ek100-root", "--root"))
+    ek100_annotations: Path = ek100_annotations_option(positional=True)
+    task: Literal["mir", "cls"] = "mir"
+    """Which benchmark (each `avtool eval` command sets it)."""
+    split: str | None = option(
+        None,
+        panel="Data",
+        show_default="test for MIR, validation for CLS",
+        help="MIR: test or train; CLS: validation or train.",
+    )
+    frames: int | None = option(
+        None, panel="Model", unit="frames", show_default="the checkpoint's", help="Frames per clip (paper: 16)."
+    )
+    attn: AttnImpl = attn_option()
+    batch_size: int = option(64, panel="Data", unit="clips", help="Clips per batch.")
+    workers: int = option(
+        8,
+        flags=("--workers", "-j"),
+        panel="Data",
+        unit="processes",
+        help="Data-loader worker processes, each decoding on one core.",
+    )
+    precision: Precision = precision_option()
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    device: Device = device_option()
+    output_dir: Path | None = option(
+        None,
+        flags="--output",
+        panel="Output",
+        metavar="DIR",
+        show_default="the checkpoint's folder",
+        help="Folder for <checkpoint>.eval-<task>-<split>.json.",
+    )
+
+    @property
+    def ek100(self) -> EK100Layout:
+        return EK100Layout(self.ek100_root, self.ek100_annotations)
+
+    @property
+    def resolved_split(self) -> str:
+        return self.split or SPLITS[self.task][0]
+
+    @property
+    def result_path(self) -> Path:
+        folder = self.output_dir if self.output_dir is not None else Path(self.checkpoint).parent
+        return Path(folder) / f"{Path(self.checkpoint).stem}.eval-{self.task}-{self.resolved_split}.json"
 
     def check(self) -> None:
         problems = []
-        splits = {"mir": ("test", "train"), "cls": ("validation", "train")}
-        if self.task not in splits:
+        if self.task not in SPLITS:
             problems.append(f"task {self.task!r} is not mir or cls")
-        elif self.split not in splits[self.task]:
-            problems.append(f"--split {self.split!r} is not one of {', '.join(splits[self.task])}")
+        elif self.resolved_split not in SPLITS[self.task]:
+            problems.append(f"--split {self.split!r} is not one of {', '.join(SPLITS[self.task])}")
         if self.frames is not None and self.frames < 1:
             problems.append(f"--frames {self.frames} must be at least 1")
         for path in (self.checkpoint, self.ek100.root, self.ek100.annotations):
@@ -89,23 +134,23 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         autocast = torch.autocast(env.device.type, dtype=amp, enabled=amp is not None and env.device.type == "cuda")
         with torch.no_grad(), autocast:
             if cfg.task == "mir":
-                dataset = EK100MIR(cfg.ek100.mir_config(cfg.split, clips))
+                dataset = EK100MIR(cfg.ek100.mir_config(cfg.resolved_split, clips))
                 metrics = evaluate_mir(model, dataset, env, cfg.batch_size, cfg.workers)
                 chance = chance_retrieval_metrics(dataset.relevancy)
                 counts = f"{metrics.clips} clips × {metrics.sentences} sentences"
                 if metrics.skipped_queries:
                     counts += f"; {metrics.skipped_queries} queries without a relevant item left out"
                 return {
-                    "title": f"EK-100 MIR ({cfg.split}), {video_cfg.num_frames} frames",
+                    "title": f"EK-100 MIR ({cfg.resolved_split}), {video_cfg.num_frames} frames",
                     "metrics": _floats(metrics.to_dict()), "baseline_name": "chance",
                     "baseline": _floats(chance.to_dict()), "counts": counts,
                     "checkpoint": str(cfg.checkpoint), "frames": video_cfg.num_frames,
                 }  # fmt: skip
-            dataset = EK100CLS(cfg.ek100.cls_config(cfg.split, clips))
+            dataset = EK100CLS(cfg.ek100.cls_config(cfg.resolved_split, clips))
             train_set = EK100CLS(cfg.ek100.cls_config("train", clips))
             metrics = evaluate_cls(model, dataset, env, cfg.batch_size, cfg.workers)
             return {
-                "title": f"EK-100 CLS ({cfg.split}), {video_cfg.num_frames} frames",
+                "title": f"EK-100 CLS ({cfg.resolved_split}), {video_cfg.num_frames} frames",
                 "metrics": _floats(metrics.to_dict()), "baseline_name": "majority class",
                 "baseline": majority_class_accuracy(train_set, dataset),
                 "counts": f"{metrics.clips} clips, {dataset.num_actions} action classes",

@@ -8,6 +8,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from avtool.errors import AvtoolError
+from avtool.options import option
 from avtool.video.clips import ChunkRead
 from avtool.video.crops import Crop
 
@@ -21,14 +22,23 @@ BACKENDS: tuple[Backend, ...] = ("pyav", "pyav-nvdec", "decord")
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    backend: Backend = "pyav"
-    """``pyav`` (CPU), ``pyav-nvdec`` (PyAV on the GPU's NVDEC) or ``decord``."""
-    mode: Mode = "fused"
-    """``fused``: crop and scale before colour conversion, requested frames only (Fused DecodeCrop);
-    ``decode-then-crop``: full RGB frames, then crop and resize with torch (the usual pipeline)."""
-    access: Access = "seek"
-    """``seek``: jump to the keyframe before each requested frame and decode only what it needs;
-    ``sequential``: decode every frame from the chunk start (what the reference loader does)."""
+    backend: Backend = option(
+        "pyav",
+        flags="--decoder",
+        panel="Data",
+        help="Video decoder: pyav (CPU), pyav-nvdec (the GPU's NVDEC) or decord.",
+    )
+    mode: Mode = option(
+        "fused", flags="--decode-mode", panel="Data",
+        help="fused: crop and scale inside decoding, requested frames only (Fused DecodeCrop, §4.2); "
+        "decode-then-crop: full RGB frames, then a torch crop and resize (the usual pipeline).",
+        switches=(("--fused-decode-crop", "fused", "AVION's flag for --decode-mode fused."),),
+    )  # fmt: skip
+    access: Access = option(
+        "seek", panel="Data",
+        help="seek: jump to the keyframe before each requested frame and decode only what it needs; "
+        "sequential: decode every frame from the chunk start (as the reference loader does).",
+    )  # fmt: skip
     threads: int = 1
     """Decoder threads per process (data-loader workers and the benchmark's pool want 1)."""
     skip_nonref: bool = True
