@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,18 +10,7 @@ import pandas as pd
 
 from avtool.atomic import atomic_write_text
 from avtool.env import collect_environment
-
-
-def jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: jsonable(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+from avtool.options import to_jsonable
 
 
 def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tuple[Path, Path]:
@@ -34,8 +22,8 @@ def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tu
     record = {
         "name": name,
         "env": collect_environment(),
-        "config": jsonable(config),
-        "rows": jsonable(rows),
+        "config": to_jsonable(config),
+        "rows": to_jsonable(rows),
     }
     atomic_write_text(json_path, json.dumps(record, indent=2))
     return csv_path, json_path

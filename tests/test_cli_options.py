@@ -15,7 +15,12 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from avtool.cli import app
+from avtool.bench.decode import DecodeBenchConfig
+from avtool.bench.io import IoBenchConfig
+from avtool.bench.memory import MemoryBenchConfig
+from avtool.bench.model import ModelBenchConfig
 from avtool.options import build, config_json
+from avtool.prep.chunk import ChunkConfig
 from avtool.train.cls import CLSConfig
 from avtool.train.lavila import LavilaConfig
 from avtool.train.mir import MIRConfig
@@ -244,6 +249,11 @@ JOBS = [
     (CLSConfig, ["train", "cls", "r", "a"], {"ek100_root": Path("r"), "ek100_annotations": Path("a")}),
     (EvalConfig, ["eval", "mir", "c", "r", "a"],
      {"checkpoint": Path("c"), "ek100_root": Path("r"), "ek100_annotations": Path("a")}),
+    (MemoryBenchConfig, ["bench", "memory"], {}),
+    (ModelBenchConfig, ["bench", "model"], {}),
+    (IoBenchConfig, ["bench", "io", "p"], {"path": Path("p")}),
+    (DecodeBenchConfig, ["bench", "decode", "r"], {"root": Path("r")}),
+    (ChunkConfig, ["chunk", "s", "d"], {"src": Path("s"), "dst": Path("d")}),
 ]  # fmt: skip
 
 
