@@ -14,11 +14,11 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from avtool.cli import app
 from avtool.bench.decode import DecodeBenchConfig
 from avtool.bench.io import IoBenchConfig
 from avtool.bench.memory import MemoryBenchConfig
 from avtool.bench.model import ModelBenchConfig
+from avtool.cli import app
 from avtool.options import build, config_json
 from avtool.prep.chunk import ChunkConfig
 from avtool.train.cls import CLSConfig
