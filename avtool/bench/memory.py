@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -175,6 +175,25 @@ def measure_step(
     return StepMemory(video.shape[0], summarize(saved), forward_allocated, step_peak)
 
 
+def variants_option() -> Any:
+    """The variants of Fig. 3 and 4 (`bench memory` and `bench model`)."""
+    return option(
+        VARIANTS, flags="--variant", panel="Model",
+        help="Variants to measure, repeatable: baseline (explicit softmax attention), flash-attn (+ memory-"
+        "efficient attention), grad-ckpt (+ gradient checkpointing of every block).",
+    )  # fmt: skip
+
+
+def variant_attn_option() -> Any:
+    """The attention kernel of the flash-attn and grad-ckpt variants (the baseline always uses math)."""
+    return option(
+        "sdpa", flags="--attn", panel="Model",
+        help="Attention kernel of the flash-attn and grad-ckpt variants: sdpa (torch picks), flash, efficient, "
+        "cudnn (that SDPA kernel), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for "
+        "Hopper and Blackwell GPUs, the flash-attn-4 package).",
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MemoryBenchConfig:
     """What to measure: one video tower, a few variants, two batch sizes."""
@@ -182,17 +201,8 @@ class MemoryBenchConfig:
     tower: VideoTowerConfig = field(default_factory=lambda: VideoTowerConfig(fast_conv1=True))
     """The tower (default ViT-B/16, 224², 4 frames, 1×16×16 cubes as in Fig. 3, fast conv1 as in training); its
     attention and checkpointing fields are set per variant."""
-    variants: tuple[Variant, ...] = option(
-        VARIANTS, flags="--variant", panel="Model",
-        help="Variants to measure, repeatable: baseline (explicit softmax attention), flash-attn (+ memory-"
-        "efficient attention), grad-ckpt (+ gradient checkpointing of every block).",
-    )  # fmt: skip
-    flash_impl: AttnImpl = option(
-        "sdpa", flags="--attn", panel="Model",
-        help="Attention kernel of the flash-attn and grad-ckpt variants: sdpa (torch picks), flash, efficient, "
-        "cudnn (that SDPA kernel), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for "
-        "Hopper and Blackwell GPUs, the flash-attn-4 package).",
-    )  # fmt: skip
+    variants: tuple[Variant, ...] = variants_option()
+    flash_impl: AttnImpl = variant_attn_option()
     batch_sizes: tuple[int, int] = option(
         (2, 4), metavar="INT", unit="videos",
         help="Two batch sizes, both at least 2 (with one video some ops save views instead of copies); per-video "

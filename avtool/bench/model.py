@@ -26,7 +26,7 @@ from typing import Literal, get_args
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from avtool.bench.memory import VARIANTS, Variant, variant_tower
+from avtool.bench.memory import VARIANTS, Variant, variant_attn_option, variant_tower, variants_option
 from avtool.model_options import ckpt_keep_attention_option
 from avtool.models import DualEncoder, DualEncoderConfig, VideoTowerConfig
 from avtool.models.attention import AttnImpl, check_attn_impl, check_keeps_attention
@@ -63,17 +63,8 @@ class ModelBenchConfig:
     archs: tuple[VideoArch, ...] = option(("timesformer", "vit"), flags="--arch", panel="Model",
                                           help="Video architectures, repeatable: timesformer (TSF-B in Fig. 4) "
                                           "and/or vit (ViT-B).")  # fmt: skip
-    variants: tuple[Variant, ...] = option(
-        VARIANTS, flags="--variant", panel="Model",
-        help="Variants to measure, repeatable: baseline (explicit softmax attention), flash-attn (+ memory-"
-        "efficient attention), grad-ckpt (+ gradient checkpointing of both towers).",
-    )  # fmt: skip
-    flash_impl: AttnImpl = option(
-        "sdpa", flags="--attn", panel="Model",
-        help="Attention kernel of the flash-attn and grad-ckpt variants: sdpa (torch picks), flash, efficient, "
-        "cudnn (that SDPA kernel), flash-attn (the flash-attn package), fa4 (FlashAttention-4's kernels for "
-        "Hopper and Blackwell GPUs, the flash-attn-4 package).",
-    )  # fmt: skip
+    variants: tuple[Variant, ...] = variants_option()
+    flash_impl: AttnImpl = variant_attn_option()
     ckpt_blocks: int | Literal["auto"] | None = option(
         None, panel="Model", metavar="all|auto|INT", show_default="all",
         help="grad-ckpt: checkpoint only the first k video blocks, or auto (the fewest that let --batch-size fit, "

@@ -58,6 +58,16 @@ def compile_mode_option() -> Any:
     )  # fmt: skip
 
 
+def workers_option() -> Any:
+    return option(
+        8,
+        flags=("--workers", "-j"),
+        panel="Data",
+        unit="processes",
+        help="Data-loader worker processes per GPU, each decoding on one core (AVION's -j).",
+    )
+
+
 def output_option(default: str, what: str) -> Any:
     return option(Path(default), flags=("--output", "--output-dir"), panel="Output", metavar="DIR",
                   help=f"Folder for {what}.")  # fmt: skip
@@ -74,10 +84,7 @@ class RunConfig:
         help="Clips per GPU (per process) per micro-step; the global batch is this × GPUs × --accum-steps.",
     )  # fmt: skip
     accum_steps: int = option(1, panel="Optimisation", help="Micro-batches accumulated before each optimiser step.")
-    workers: int = option(
-        8, flags=("--workers", "-j"), panel="Data", unit="processes",
-        help="Data-loader worker processes per GPU, each decoding on one core (AVION's -j).",
-    )  # fmt: skip
+    workers: int = workers_option()
     precision: Precision = precision_option()
     clip_grad_norm: float | None = option(
         None, flags="--clip-grad", panel="Optimisation", help="Clip the global gradient norm to this value; none: "

@@ -18,7 +18,7 @@ from avtool.models.attention import AttnImpl
 from avtool.options import option
 from avtool.train import distributed
 from avtool.train.checkpoint import load_checkpoint
-from avtool.train.config import Device, Precision, device_option, precision_option, raise_problems
+from avtool.train.config import Device, Precision, device_option, precision_option, raise_problems, workers_option
 from avtool.train.evaluate import evaluate_cls, evaluate_mir, majority_class_accuracy
 from avtool.train.metrics import chance_retrieval_metrics
 from avtool.train.model_config import attn_option
@@ -54,13 +54,7 @@ class EvalConfig:
     )
     attn: AttnImpl = attn_option()
     batch_size: int = option(64, panel="Data", unit="clips", help="Clips per batch.")
-    workers: int = option(
-        8,
-        flags=("--workers", "-j"),
-        panel="Data",
-        unit="processes",
-        help="Data-loader worker processes, each decoding on one core.",
-    )
+    workers: int = workers_option()
     precision: Precision = precision_option()
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     device: Device = device_option()
