@@ -17,14 +17,16 @@ $(BIN)/avtool: pyproject.toml
 demo: $(BIN)/avtool
 	$(BIN)/avtool env
 	$(BIN)/avtool sample $(DEMO)/sample
-	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len auto --batch-size 1024 --step-time 4 --read-speed 500 --plan
-	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len 15
+	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len auto --batch-size 1024 --step-time 4 --read-speed 500 --short-side 144 --plan
+	$(BIN)/avtool chunk $(DEMO)/sample $(DEMO)/chunks --chunk-len 15 --short-side 144
 	$(BIN)/avtool bench io $(DEMO)/chunks --file-size-mb 256 --chunk-files 20 --output $(DEMO)/results
 	$(BIN)/avtool bench decode $(DEMO)/chunks --tiny --output $(DEMO)/results
 	$(BIN)/avtool plot fig5 $(DEMO)/results/decode.csv
 	$(BIN)/avtool train lavila $(DEMO)/chunks/ego4d/v1/full_scale $(DEMO)/sample/ego4d/ego4d_train.pkl \
+		--metadata-aux $(DEMO)/sample/ego4d/ego4d_train.rephraser.pkl \
 		--ek100-root $(DEMO)/chunks/ek100 --ek100-annotations $(DEMO)/sample/ek100/annotations \
-		--model tiny --device cpu --batch-size 16 --workers 2 --epochs 10 --lr 1e-3 --eval-every 5 --eval-at-start \
+		--model tiny --no-grad-ckpt --device cpu --batch-size 32 --workers 2 --epochs 200 \
+		--lr 1e-3 --no-fixed-lr --warmup-epochs 5 --eval-every 0 --eval-at-start --save-every-epochs 50 \
 		--output $(DEMO)/runs/lavila
 	$(BIN)/avtool eval mir $(DEMO)/runs/lavila/checkpoint_best.pt $(DEMO)/chunks/ek100 $(DEMO)/sample/ek100/annotations \
 		--device cpu --workers 2

@@ -4,7 +4,7 @@ import av
 import numpy as np
 import pandas as pd
 
-from avtool.prep.sample import EK100_COLUMNS, SampleConfig, make_sample
+from avtool.prep.sample import EK100_COLUMNS, SampleConfig, _plan_ek100, make_sample
 from avtool.prep.synthetic import NOUNS, VERBS
 from avtool.video.probe import probe_video
 from tests.conftest import SMALL_SAMPLE
@@ -100,3 +100,13 @@ def test_same_seed_same_data_and_rerun_is_skipped(small_sample, tmp_path):
         small_sample / "ego4d/ego4d_train.pkl"
     ).read_bytes()
     assert not other.skipped
+
+
+def test_default_sample_holds_out_enough_retrieval_clips(tmp_path):
+    """`make demo` evaluates zero-shot MIR on the default sample's held-out participant: it needs ~50
+    clips for the before/after numbers to mean something (planning only, nothing is rendered)."""
+    cfg = SampleConfig(dest=tmp_path)
+    _, rows = _plan_ek100(cfg, tmp_path)
+    held_out = [video for video, _, _ in rows if video.split("_")[0] == cfg.ek100_videos[-1][0].split("_")[0]]
+    assert len(held_out) >= 50
+    assert sum(seconds for _, _, seconds in cfg.ek100_videos) + sum(cfg.ego4d_durations) == 435  # 7.25 min

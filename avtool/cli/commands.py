@@ -46,9 +46,9 @@ class PanelCommand(TyperCommand):
                 formatter.write_dl(records)
 
 
-def lazy_group(factories: dict[str, Callable[[], Any]]) -> type[TyperGroup]:
-    """A group class whose commands ``factories`` build on first use: the config classes they read import torch,
-    which `avtool --version` or another command's help should not wait for."""
+def lazy_group(factories: dict[str, Callable[[typer.Typer], None]]) -> type[TyperGroup]:
+    """A group class whose commands ``factories`` add to a Typer on first use: the config classes they read
+    import torch, which `avtool --version` or another command's help should not wait for."""
 
     class LazyGroup(TyperGroup):
         def list_commands(self, ctx: Any) -> list[str]:
