@@ -29,6 +29,7 @@ from avtool.options import option
 
 if TYPE_CHECKING:
     from avtool.prep.chunk import ChunkConfig
+    from avtool.prep.sample import SampleConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 LAZY_COMMANDS: dict = {}
@@ -50,7 +51,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,  # plain help: flag names are never cut, brackets print as written
     context_settings=CONTEXT,
-    cls=lazy_group(LAZY_COMMANDS),
+    cls=lazy_group(LAZY_COMMANDS, order=("sample", "chunk", "bench", "train", "eval", "plot", "env")),
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(plot_app, name="plot")
@@ -122,20 +123,10 @@ def env(
     console.print(table)
 
 
-@app.command()
-def sample(
-    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Folder that receives ego4d/ and ek100/.")],
-    seed: Annotated[int, typer.Option(help="Seed of every random choice; same seed, same data.")] = 0,
-    procs: Annotated[int, typer.Option("--procs", help="Videos rendered in parallel.", show_default="all cores")] = 0,
-) -> None:
-    """Write a small built-in dataset in the real Ego4D and EPIC-Kitchens-100 layouts (no download).
+def _run_sample(cfg: SampleConfig) -> None:
+    from avtool.prep.sample import make_sample
 
-    Synthetic long videos (30, 50 and 60 fps; 16:9 and 4:3) of coloured objects that are pushed,
-    lifted, lowered and shaken, with narrations that say what happens, plus Ego4D narration pickles
-    and EK-100 CSVs, retrieval sentences and relevancy matrices."""
-    from avtool.prep.sample import SampleConfig, make_sample
-
-    cfg = SampleConfig(dest=dest, seed=seed) if procs <= 0 else SampleConfig(dest=dest, seed=seed, workers=procs)
+    dest = cfg.dest
     with console.status(f"rendering sample videos into {dest} ..."):
         report = make_sample(cfg, on_video_done=lambda p: console.print(f"  wrote {p}", highlight=False))
     verb = "already present" if report.skipped else "written"
@@ -144,6 +135,20 @@ def sample(
         f"{report.narrations} narrations in {dest}",
         highlight=False,
     )
+
+
+def _sample(app: typer.Typer) -> None:
+    from avtool.prep.sample import SampleConfig
+
+    config_command(app, "sample", SampleConfig, _run_sample, help=SAMPLE_HELP)
+
+
+SAMPLE_HELP = """Write a small built-in dataset in the real Ego4D and EPIC-Kitchens-100 layouts (no download).
+
+    Synthetic long videos (30, 50 and 60 fps; 16:9 and 4:3) of coloured objects that are pushed, lifted,
+    lowered and shaken, with narrations that say what happens, plus Ego4D narration pickles and EK-100
+    CSVs, retrieval sentences and relevancy matrices."""
+LAZY_COMMANDS["sample"] = _sample
 
 
 @dataclass(frozen=True)

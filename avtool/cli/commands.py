@@ -46,13 +46,16 @@ class PanelCommand(TyperCommand):
                 formatter.write_dl(records)
 
 
-def lazy_group(factories: dict[str, Callable[[typer.Typer], None]]) -> type[TyperGroup]:
+def lazy_group(factories: dict[str, Callable[[typer.Typer], None]], order: Sequence[str] = ()) -> type[TyperGroup]:
     """A group class whose commands ``factories`` add to a Typer on first use: the config classes they read
-    import torch, which `avtool --version` or another command's help should not wait for."""
+    import torch, which `avtool --version` or another command's help should not wait for. ``order``: how the
+    help lists the commands (others follow)."""
 
     class LazyGroup(TyperGroup):
         def list_commands(self, ctx: Any) -> list[str]:
-            return [*super().list_commands(ctx), *(name for name in factories if name not in self.commands)]
+            names = [*super().list_commands(ctx), *(name for name in factories if name not in self.commands)]
+            rank = {name: i for i, name in enumerate(order)}
+            return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
         def get_command(self, ctx: Any, name: str) -> Any:
             if name in factories and name not in self.commands:

@@ -24,13 +24,14 @@ import pickle
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from avtool.atomic import atomic_write_bytes, atomic_write_text
+from avtool.options import option
 from avtool.prep.synthetic import NOUNS, VERBS, Event, Script, VideoSpec, plan_script, render_video
 
 EK100_COLUMNS = [
@@ -44,10 +45,13 @@ _PARAPHRASE_SUBJECTS = ("#C C", "the camera wearer", "C", "someone")
 
 @dataclass(frozen=True)
 class SampleConfig:
-    dest: Path
-    """Folder that receives ``ego4d/`` and ``ek100/``."""
-    seed: int = 0
-    """Seed of every random choice: the same seed gives the same videos and metadata."""
+    """The built-in sample: synthetic footage and metadata in the Ego4D and EPIC-Kitchens-100 layouts."""
+
+    dest: Path = option(
+        flags="--dest", positional=True, panel="Data", metavar="DIR", help="Folder that receives ego4d/ and ek100/."
+    )
+    seed: int = option(0, panel="Run", help="Seed of every random choice: the same seed gives the same videos and "
+                       "metadata.")  # fmt: skip
     ego4d_durations: tuple[float, ...] = (60.0, 75.0, 90.0)
     """Length of each raw Ego4D video in seconds; the last one is held out for validation."""
     ek100_videos: tuple[tuple[str, int, float], ...] = (
@@ -56,8 +60,13 @@ class SampleConfig:
     """(video id, fps, seconds) of each EK-100 video; the last participant is the held-out split (the
     validation CSV and the retrieval test set, 51 clips in the 150-s default, so that zero-shot MIR in
     `make demo` is measured on enough clips to tell learning from chance)."""
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    """Videos rendered in parallel."""
+    workers: int = option(
+        default_factory=lambda: os.cpu_count() or 1,
+        flags="--procs",
+        panel="Run",
+        show_default="all cores",
+        help="Videos rendered in parallel.",
+    )
 
 
 @dataclass
