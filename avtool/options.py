@@ -322,5 +322,9 @@ def read_settings_file(path: Path) -> dict[str, Any]:
 
 
 def settings_from_file(cls: type, path: Path) -> dict[tuple[str, ...], Any]:
-    """Settings by path from config file ``path`` for config class ``cls``."""
-    return values_from_dict(cls, read_settings_file(path), str(path))
+    """Settings by path from config file ``path`` for config class ``cls``: a config file, a run's config.json,
+    or a benchmark's result JSON (``avtool.results``: its ``config`` is what made the rows)."""
+    data = read_settings_file(path)
+    if {"config", "rows", "env"} <= set(data) and isinstance(data["config"], dict):
+        data = data["config"]
+    return values_from_dict(cls, data, str(path))

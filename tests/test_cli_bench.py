@@ -34,6 +34,8 @@ def test_memory_bench_writes_a_row_per_variant(tmp_path):
     assert record["config"]["tower"]["num_frames"] == 4 and record["config"]["precision"] == "bf16"
     assert "torch" in record["env"]
     assert "grad-ckpt" in result.output and "memory.csv" in result.output
+    # The result JSON is a config file: it reproduces the run that wrote it.
+    assert _resolved("bench", "memory", "--config", str(tmp_path / "memory.json")) == record["config"]
 
 
 def test_model_bench_with_partial_checkpointing_and_mfu(tmp_path):
