@@ -210,6 +210,13 @@ def _ckpt_cell(row: ModelBenchRow) -> str:
     return f"{row.ckpt_blocks}/{row.layers}{kept}"
 
 
+def _searched_batch(cfg: ModelBenchConfig) -> str:
+    from avtool.bench.model import CPU_BATCH
+
+    on_cpu = _precision_on(cfg.precision, cfg.device).endswith("(CPU)")
+    return f"batch {CPU_BATCH} (CPU)" if on_cpu else f"largest batch ≤ {cfg.max_batch_size}"
+
+
 def _run_model(cfg: ModelBenchConfig) -> None:
     import torch
 
@@ -223,7 +230,7 @@ def _run_model(cfg: ModelBenchConfig) -> None:
         f"[bold]bench model[/]: {', '.join(cfg.archs)} × {', '.join(cfg.variants)}; video width {video.width} × "
         f"{video.layers} blocks, {video.num_frames} frames of {video.image_size}²; "
         f"{_precision_on(cfg.precision, cfg.device)}; "
-        + (f"batch {batch_size}" if batch_size else f"largest batch ≤ {cfg.max_batch_size}")
+        + (f"batch {batch_size}" if batch_size else _searched_batch(cfg))
         + (f" in {cfg.memory_limit_gb:g} GB" if cfg.memory_limit_gb else "")
         + (", compiled" if cfg.compile else "")
         + (", low-precision residual" if video.low_precision_residual else "")
