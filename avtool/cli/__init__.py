@@ -38,9 +38,9 @@ LAZY_COMMANDS: dict = {}
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        import avtool
 
-        print(f"avtool {version('avtool')}")
+        print(f"avtool {avtool.__version__}")  # also from a source checkout that pip never installed
         raise typer.Exit(0)
 
 
