@@ -38,6 +38,8 @@ class PanelCommand(TyperCommand):
             record = param.get_help_record(ctx)
             if record is None:
                 continue
+            if param.param_type_name == "argument":  # typer would add the type: "ROOT <path>"
+                record = (param.metavar or param.name.upper(), record[1])
             panel = "Arguments" if param.param_type_name == "argument" else getattr(param, "rich_help_panel", None)
             sections.setdefault(panel or "Options", []).append(record)
         rank = {name: i for i, name in enumerate(PANEL_ORDER)}
