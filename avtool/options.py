@@ -25,7 +25,7 @@ from typing import Any, Literal, Union
 from avtool.errors import AvtoolError
 
 OPTION_KEY = "avtool.option"
-_KEY = OPTION_KEY
+"""Where a field's OptionSpec lives in its metadata."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def option(
         help=help, flags=(flags,) if isinstance(flags, str) else tuple(flags), unit=unit, panel=panel,
         positional=positional, metavar=metavar, show_default=show_default, switches=switches, cli=cli, parse=parse,
     )  # fmt: skip
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={_KEY: spec})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={OPTION_KEY: spec})
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def _is_group(f: dataclasses.Field, hint: Any) -> bool:
-    return _KEY not in f.metadata and isinstance(hint, type) and dataclasses.is_dataclass(hint)
+    return OPTION_KEY not in f.metadata and isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def settings(cls: type, default: Any = None, prefix: tuple[str, ...] = ()) -> Iterator[Setting]:
@@ -128,7 +128,7 @@ def settings(cls: type, default: Any = None, prefix: tuple[str, ...] = ()) -> It
         if _is_group(f, hints[f.name]):
             yield from settings(hints[f.name], None if value is MISSING else value, path)
         else:
-            yield Setting(path, hints[f.name], value, f.metadata.get(_KEY))
+            yield Setting(path, hints[f.name], value, f.metadata.get(OPTION_KEY))
 
 
 def build(cls: type, values: dict[tuple[str, ...], Any], default: Any = None, prefix: tuple[str, ...] = ()) -> Any:
