@@ -206,3 +206,14 @@ def test_model_config_fused_mlp_reaches_both_towers() -> None:
     mlps = [m for m in model.modules() if type(m).__name__ == "Mlp"]
     assert mlps and all(m.fused for m in mlps)
     assert not dual_encoder_config(TINY).video.fused_mlp  # off by default
+
+
+def test_model_config_takes_bench_models_step_options() -> None:
+    """`avtool train` accepts what `bench model` measures: first-k checkpointing, the low-precision residual
+    (both towers) and a compile mode (checked against --compile)."""
+    cfg = dual_encoder_config(dataclasses.replace(TINY, grad_checkpointing=True, ckpt_blocks=1,
+                                                  low_precision_residual=True))  # fmt: skip
+    assert cfg.video.grad_checkpointing_blocks == 1
+    assert cfg.video.low_precision_residual and cfg.text.low_precision_residual
+    assert "needs compile" in " ".join(RunConfig(output_dir=Path("o"), compile_mode="max-autotune-gemm").problems())
+    assert RunConfig(output_dir=Path("o"), compile=True, compile_mode="max-autotune-gemm").problems() == []
