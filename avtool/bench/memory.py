@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from avtool.train.config import (
     device_option,
     output_option,
     precision_option,
+    precision_problem,
     seed_option,
 )
 
@@ -227,8 +228,8 @@ class MemoryBenchConfig:
         attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")
-        if self.precision not in get_args(Precision):
-            out.append(f"precision={self.precision!r} is not bf16, fp16 or fp32")
+        if problem := precision_problem(self.precision):
+            out.append(problem)
         return out
 
 

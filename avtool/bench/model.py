@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -43,6 +43,7 @@ from avtool.train.config import (
     device_option,
     output_option,
     precision_option,
+    precision_problem,
     seed_option,
 )
 from avtool.train.losses import clip_loss
@@ -135,8 +136,8 @@ class ModelBenchConfig:
             out.append("steps must be at least 1 and warmup_steps at least 0")
         if self.search_granularity < 1:
             out.append("search_granularity must be at least 1")
-        if self.precision not in get_args(Precision):
-            out.append(f"precision={self.precision!r} is not bf16, fp16 or fp32")
+        if problem := precision_problem(self.precision):
+            out.append(problem)
         attn_problem = check_attn_impl(self.flash_impl, on_cuda=self.device != "cpu" and torch.cuda.is_available())
         if attn_problem:
             out.append(f"flash_impl: {attn_problem}")

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from avtool.errors import AvtoolError
 from avtool.options import config_json, option
 
 __all__ = [
     "COMPILE_MODES", "CompileMode", "Device", "OptimConfig", "Precision", "RunConfig", "autocast_dtype",
-    "config_json", "raise_problems",
+    "config_json", "precision_problem", "raise_problems",
 ]  # fmt: skip
 
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -136,8 +136,8 @@ class RunConfig:
                 out.append(f"{name}={getattr(self, name)} must be at least 1")
         if self.workers < 0:
             out.append(f"workers={self.workers} must be 0 or more")
-        if self.precision not in ("bf16", "fp16", "fp32"):
-            out.append(f"precision={self.precision!r} is not bf16, fp16 or fp32")
+        if problem := precision_problem(self.precision):
+            out.append(problem)
         if self.device not in ("auto", "cuda", "cpu"):
             out.append(f"device={self.device!r} is not auto, cuda or cpu")
         if self.stop_after is not None and self.stop_after < 1:
@@ -194,6 +194,11 @@ class OptimConfig:
 
     def peak_lr(self, global_batch: int) -> float:
         return self.lr * global_batch / self.lr_batch_scale if self.lr_batch_scale else self.lr
+
+
+def precision_problem(precision: str) -> str | None:
+    """Why ``precision`` is not one of bf16, fp16, fp32 (None when it is one)."""
+    return None if precision in get_args(Precision) else f"precision={precision!r} is not bf16, fp16 or fp32"
 
 
 def autocast_dtype(precision: Precision, device_type: str) -> Any:

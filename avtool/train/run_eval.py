@@ -18,7 +18,15 @@ from avtool.models.attention import AttnImpl
 from avtool.options import option
 from avtool.train import distributed
 from avtool.train.checkpoint import load_checkpoint
-from avtool.train.config import Device, Precision, device_option, precision_option, raise_problems, workers_option
+from avtool.train.config import (
+    Device,
+    Precision,
+    autocast_dtype,
+    device_option,
+    precision_option,
+    raise_problems,
+    workers_option,
+)
 from avtool.train.evaluate import evaluate_cls, evaluate_mir, majority_class_accuracy
 from avtool.train.metrics import chance_retrieval_metrics
 from avtool.train.model_config import attn_option
@@ -124,8 +132,8 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict[str, Any]:
         video_cfg = model.video.cfg
         clips = ClipConfig(root=cfg.ek100.root, num_frames=video_cfg.num_frames, size=video_cfg.image_size,
                            train=False, decoder=cfg.decoder)  # fmt: skip
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        autocast = torch.autocast(env.device.type, dtype=amp, enabled=amp is not None and env.device.type == "cuda")
+        amp = autocast_dtype(cfg.precision, env.device.type)
+        autocast = torch.autocast(env.device.type, dtype=amp, enabled=amp is not None)
         with torch.no_grad(), autocast:
             if cfg.task == "mir":
                 dataset = EK100MIR(cfg.ek100.mir_config(cfg.resolved_split, clips))
