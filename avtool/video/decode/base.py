@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -22,6 +22,9 @@ BACKENDS: tuple[Backend, ...] = ("pyav", "pyav-nvdec", "decord")
 
 @dataclass(frozen=True)
 class DecoderConfig:
+    """Backend, mode and access of the clip decoder; with ``nvdec_workers`` a data loader gives K of its
+    workers NVDEC and the others the CPU (``for_worker``, applied in ``avtool.data.loader``)."""
+
     backend: Backend = option(
         "pyav",
         flags="--decoder",
@@ -47,6 +50,12 @@ class DecoderConfig:
     fallback: bool = True
     """``pyav-nvdec`` decodes on the CPU, with a one-line warning, where no NVDEC device opens;
     False raises instead."""
+    nvdec_workers: int = option(
+        0, panel="Data", unit="workers", metavar="K",
+        help="Hybrid decoding: K of the data-loader workers decode on the GPU's NVDEC, the others with pyav on "
+        "the CPU, the same frames and pixels either way (with --decoder pyav). Each NVDEC worker holds a CUDA "
+        "context on the training GPU: keep K small (1-2) and measure the step time.",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,8 +67,25 @@ class DecoderConfig:
             problems.append(f"access must be one of {', '.join(ACCESSES)}, got {self.access!r}")
         if self.threads < 1:
             problems.append(f"decoder threads must be at least 1, got {self.threads}")
+        if self.nvdec_workers < 0:
+            problems.append(f"--nvdec-workers must be 0 or more, got {self.nvdec_workers}")
+        elif self.nvdec_workers and self.backend != "pyav":
+            # The CPU workers of a hybrid loader must decode exactly as the NVDEC ones do: PyAV's FFmpeg.
+            problems.append(
+                f"--nvdec-workers {self.nvdec_workers} needs --decoder pyav (the workers that do not use NVDEC "
+                f"decode with it), got --decoder {self.backend}"
+                + ("; --decoder pyav-nvdec alone puts every worker on NVDEC" if self.backend == "pyav-nvdec" else "")
+            )
         if problems:
             raise AvtoolError("; ".join(problems))
+
+    def for_worker(self, worker: int | None) -> DecoderConfig:
+        """The decoder of data-loader worker ``worker`` (None: the main process): with ``nvdec_workers``
+        K, workers 0…K-1 decode on NVDEC and the rest, and the main process, with pyav on the CPU."""
+        if not self.nvdec_workers:
+            return self
+        nvdec = worker is not None and worker < self.nvdec_workers
+        return replace(self, backend="pyav-nvdec" if nvdec else "pyav", nvdec_workers=0)
 
 
 @dataclass

@@ -8,6 +8,13 @@ with ``skip_nonref`` the decoder also skips non-reference frames nobody asked fo
 requested frames are converted to RGB. Sequential access decodes every frame from the chunk start,
 as the reference loader does. Either way a frame that cannot be found raises AvtoolError: no
 fallback to another frame.
+
+On NVDEC (``pyav-nvdec``) only the requested frames leave the GPU, and they arrive in the software
+decoder's layout (yuv420p, not NVDEC's nv12): H.264 decoding is exact, so a clip decoded on NVDEC is
+the CPU decoder's clip bit for bit, which a hybrid data loader (some workers on NVDEC, the others on
+the CPU, ``DecoderConfig.nvdec_workers``) needs so that a sample does not depend on which worker
+loaded it. NVDEC sessions open on this process's GPU (torchrun's ``LOCAL_RANK``), and ``close``
+frees them while CUDA is still up, before a data-loader worker exits.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ class PyAVDecoder:
         self._to_rgb: VideoReformatter | None = None
         """Decode-then-crop mode: one swscale context for full frames (``frame.to_ndarray(format=…)``
         would set up a new one for every frame, ~0.1 ms each)."""
+        self._to_host: VideoReformatter | None = None
+        """pyav-nvdec: one swscale context for the GPU-to-host copies of requested frames."""
 
     @property
     def device(self) -> str:
@@ -168,15 +177,15 @@ class PyAVDecoder:
         return convert
 
     def _download(self, frame: av.VideoFrame) -> av.VideoFrame:
-        """An NVDEC frame (still in GPU memory: only requested frames cross to the host) as nv12 in
+        """An NVDEC frame (still in GPU memory: only requested frames cross to the host) as yuv420p in
         host memory; a frame the software decoder made is noted and passed through."""
         if frame.format.name != "cuda":
             if self._hw_failure is None:  # NVDEC is up, yet FFmpeg fell back for this stream
                 self._software_frames = True
             return frame
-        # 8-bit 4:2:0 H.264 (what `avtool chunk` writes) decodes to nv12 surfaces: the transfer is
-        # the only work here, the format conversion a no-op.
-        return frame.reformat(format="nv12", threads=1)
+        if self._to_host is None:
+            self._to_host = VideoReformatter()
+        return to_software_layout(frame, self._to_host)
 
     def _seek_decode(
         self, container, stream, context, wanted: set[int], index_of, pts_of, jump: int, emit, stage
@@ -312,8 +321,10 @@ class PyAVDecoder:
         if self._hw_keepalive is None:
             # is_hw_owned: decoded frames stay on the GPU, so frames decoded only as references are
             # never copied to the host (sequential access decodes ~100× more frames than it keeps).
-            settings = HWAccel(device_type="cuda", allow_software_fallback=self.config.fallback,
-                               options={"primary_ctx": "1"}, is_hw_owned=True)  # fmt: skip
+            settings = HWAccel(
+                device_type="cuda", device=_local_gpu(), allow_software_fallback=self.config.fallback,
+                options={"primary_ctx": "1"}, is_hw_owned=True,
+            )  # fmt: skip
             try:
                 self._hw_keepalive = (settings, settings.create(av.codec.Codec("h264", "r")))
             except (av.error.FFmpegError, NotImplementedError) as e:
@@ -327,11 +338,37 @@ class PyAVDecoder:
         self._hw_failure = reason
         warnings.warn(f"pyav-nvdec: {reason}; decoding on the CPU instead", RuntimeWarning, stacklevel=6)
 
+    def close(self) -> None:
+        """Free this process's decoders (NVDEC sessions) and its hold on the CUDA context, now rather
+        than in the interpreter's teardown, where CUDA may already be gone; the decoder makes new ones
+        if used again. Decoders inherited through a fork are left alone (see ``_inherited``)."""
+        if os.getpid() == self._owner:
+            self._contexts.clear()
+        self._fused.clear()
+        self._to_rgb = self._to_host = None
+        self._hw_keepalive = None  # after the decoders: each holds a reference to the device context
+
     def __getstate__(self) -> dict:
         # The CUDA device context belongs to this process, filter graphs and swscale contexts cannot
         # be pickled: a worker that unpickles the decoder makes its own.
-        return {**self.__dict__, "_hw_keepalive": None, "_fused": {}, "_to_rgb": None, "_contexts": {},
-                "_inherited": []}  # fmt: skip
+        return {**self.__dict__, "_hw_keepalive": None, "_fused": {}, "_to_rgb": None, "_to_host": None,
+                "_contexts": {}, "_inherited": []}  # fmt: skip
+
+
+def to_software_layout(frame: av.VideoFrame, reformatter: VideoReformatter) -> av.VideoFrame:
+    """An NVDEC frame (on the GPU, or already copied to the host as nv12) in host memory as yuv420p,
+    the layout FFmpeg's software H.264 decoder gives 8-bit 4:2:0 streams (what ``avtool chunk``
+    writes): the same samples, de-interleaved exactly. In nv12 the converters would not give the CPU
+    decoder's pixels: the crop filter moves nv12's interleaved chroma by whole bytes, so an odd crop
+    offset swaps U and V, and swscale takes other (rounding) paths for it."""
+    return reformatter.reformat(frame, format="yuv420p", threads=1)
+
+
+def _local_gpu() -> str | None:
+    """The GPU of this process's rank (torchrun's LOCAL_RANK, which data-loader workers inherit; None:
+    the default, GPU 0): without it every rank's NVDEC workers would decode on GPU 0."""
+    rank = os.environ.get("LOCAL_RANK", "0")
+    return rank if rank.isdigit() and rank != "0" else None
 
 
 # Decoders kept per PyAV decoder object (one per data-loader worker): enough for the videos of
