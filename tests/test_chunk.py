@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -194,6 +195,9 @@ def test_plan_writes_nothing_and_predicts(small_sample, tmp_path):
     out = " ".join(result.stdout.split())
     assert "B·ρ·T ≤ S_r·Δ" in out and "S_r = 500.0 MB/s (--read-speed)" in out and "T_max" in out
     assert "2 video(s) to chunk" in out
+    # The decode budget beside it: both tunes trial-encoded and decoded, and a recommendation.
+    assert "Decode budget" in out and "B / Δ = 1024 / 4 s = 256 clips/s" in out
+    assert "--tune none (asked)" in out and "--tune fastdecode" in out and "→" in out
 
 
 def test_auto_chunk_len_follows_eq3(small_sample, tmp_path):
@@ -255,3 +259,80 @@ def test_other_containers_become_mp4_chunks_under_their_own_name(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dst/sub/b.mov").iterdir()) == ["0.mp4", "2.mp4"]
     with av.open(str(tmp_path / "dst/sub/b.mov/0.mp4")) as c:
         assert not c.streams.audio  # audio is dropped by default
+
+
+def x264_options(path: Path) -> dict[str, str]:
+    """The settings libx264 writes into its SEI at the start of the stream (``options: cabac=1 ref=3 …``)."""
+    data = path.read_bytes()
+    start = data.index(b"options: ") + len(b"options: ")
+    text = data[start : data.index(b"\x00", start)].decode()
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def test_tune_fastdecode_reaches_libx264_and_its_chunks_verify_and_decode(tmp_path):
+    make_video(tmp_path / "src/v.mp4", 6, size="320x240")
+    # superfast keeps CABAC and deblocking on (ultrafast turns them off), so fastdecode visibly changes them.
+    plain = replace(FAST, preset="superfast")
+    fast = replace(plain, tune="fastdecode")
+    assert chunk(tmp_path / "src", tmp_path / "plain", encode=plain).ok
+    assert chunk(tmp_path / "src", tmp_path / "fast", encode=fast).ok
+    assert x264_options(tmp_path / "plain/v.mp4/0.mp4")["cabac"] == "1"
+    options = x264_options(tmp_path / "fast/v.mp4/0.mp4")
+    assert (options["cabac"], options["deblock"].split(":")[0], options["weightb"]) == ("0", "0", "0")
+    for start in (0, 5):
+        path = tmp_path / f"fast/v.mp4/{start}.mp4"
+        assert decoded_frames(path) == pd.read_csv(tmp_path / "fast/manifest.csv").set_index("start").frames[start]
+        with av.open(str(path)) as c:
+            assert next(p for p in c.demux(video=0) if p.size).is_keyframe
+    # The tune identifies a chunk set: a rerun with another tune is refused; a DST recorded before the tune
+    # existed (no "tune" in its record) resumes as tune none.
+    with pytest.raises(AvtoolError, match="other settings.*tune"):
+        plan_chunking(ChunkConfig(src=tmp_path / "src", dst=tmp_path / "plain", encode=fast))
+    record = tmp_path / "plain/.avtool/chunk_settings.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "tune"}))
+    assert plan_chunking(ChunkConfig(src=tmp_path / "src", dst=tmp_path / "plain", encode=plain)).done == ["v.mp4"]
+
+
+def test_gop_default_leaves_keyframes_to_libx264_but_forces_chunk_starts(tmp_path):
+    make_video(tmp_path / "src/v.mp4", 12, size="320x240")
+    default = replace(FAST, gop="default")
+    assert chunk(tmp_path / "src", tmp_path / "gop1").ok
+    assert chunk(tmp_path / "src", tmp_path / "default", encode=default).ok
+    for start in (0, 5, 10):
+        ones, few = (keyframe_times(tmp_path / f"{d}/v.mp4/{start}.mp4") for d in ("gop1", "default"))
+        assert few == [0.0] and len(ones) > len(few)  # only the chunk start: x264's keyint 250 never comes
+    assert x264_options(tmp_path / "default/v.mp4/0.mp4")["keyint"] == "250"
+    # 300-s chunks (LaViLa's) with x264's keyframes; the CLI spells it --gop default.
+    long = EncodeSettings(chunk_len=300, gop="default", preset="ultrafast")
+    report = chunk(tmp_path / "src", tmp_path / "long", encode=long)
+    assert report.ok and sorted(p.name for p in (tmp_path / "long/v.mp4").iterdir()) == ["0.mp4"]
+    from typer.testing import CliRunner
+
+    from avtool.cli import app
+
+    result = CliRunner().invoke(app, ["chunk", "a", "b", "--gop", "default", "--chunk-len", "300", "--print-config"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["encode"]["gop"] == "default"
+    with pytest.raises(AvtoolError, match="--gop"):
+        EncodeSettings(chunk_len=5, gop="often")
+
+
+def test_quality_is_high_at_crf_18_lower_at_crf_40_and_lands_in_quality_json(tmp_path):
+    make_video(tmp_path / "src/v.mp4", 6, size="640x360")
+    reports = {}
+    for crf in (18, 40):
+        encode = replace(FAST, crf=crf, preset="veryfast")
+        reports[crf] = chunk(tmp_path / "src", tmp_path / f"crf{crf}", encode=encode, quality=True, quality_seconds=1.0)
+        assert reports[crf].ok and not reports[crf].quality_failures
+    good, bad = (reports[crf].quality_summary for crf in (18, 40))
+    assert good.psnr > 40 and good.ssim > 0.98 and good.frames == 30 and good.videos == 1
+    assert 20 < bad.psnr < good.psnr - 8 and bad.ssim < good.ssim
+    saved = json.loads((tmp_path / "crf18/quality.json").read_text())
+    assert saved["overall"]["psnr_db"] == pytest.approx(good.psnr, abs=1e-3) and set(saved["videos"]) == {"v.mp4"}
+    assert saved["settings"]["crf"] == 18
+    assert "PSNR" in good.summary() and "1.0 s of 1 video(s)" in good.summary()

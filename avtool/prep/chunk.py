@@ -3,6 +3,10 @@
 ``SRC/a/b.mp4`` becomes ``DST/a/b.mp4/0.mp4, 15.mp4, …``. Each video is encoded into a hidden
 partial folder, verified, and renamed into place; so a finished folder is always complete, a rerun
 skips it, and an interrupted run leaves only partial folders that the next run removes.
+
+``--plan`` weighs two budgets: the disk's (Eq. 3) and the CPUs' decode budget, from trial encodes at
+the asked settings and at the other libx264 tune. ``--quality`` compares a few seconds of each video's
+chunks with the source (PSNR, SSIM) and writes DST/quality.json.
 """
 
 from __future__ import annotations
@@ -30,14 +34,16 @@ from avtool.atomic import atomic_write_text
 from avtool.errors import AvtoolError
 from avtool.options import option
 from avtool.prep.encode import (
+    X264_TUNES,
     ChunkFile,
     EncodeError,
     EncodeSettings,
     encode_chunks,
-    trial_bitrate,
     verify_chunks,
 )
-from avtool.prep.sizing import ChunkSizing, Quantity
+from avtool.prep.quality import Quality, combine, measure_quality
+from avtool.prep.sizing import Candidate, ChunkSizing, DecodeBudget, Quantity
+from avtool.prep.trial import TrialClip, TrialResult, run_trial
 from avtool.readspeed import measure_sequential_read
 from avtool.video.probe import VideoInfo, probe_video
 
@@ -107,8 +113,28 @@ class ChunkConfig:
         parse=parse_shard,
         help="Do only shard i (0-based) of n, e.g. one task of a Slurm job array.",
     )
+    gpu_clips_per_s: float | None = option(
+        None, flags="--gpu-clips-per-s", panel="Chunks", unit="clips/s", show_default="B/Δ",
+        help="Clips/s the GPUs train on, for --plan's decode budget.",
+    )  # fmt: skip
+    cores: int = option(
+        default_factory=lambda: os.cpu_count() or 1, panel="Chunks", show_default="this machine's cores",
+        help="CPU cores that decode for training, for --plan's decode budget (clips/s per core · cores).",
+    )  # fmt: skip
+    clip_frames: int = option(4, panel="Chunks", unit="frames", help="Frames per clip in --plan's decode trial.")
+    clip_seconds: float = option(
+        1.0, panel="Chunks", unit="s", help="Clip length in --plan's decode trial (Ego4D narrations: about 1 s)."
+    )
+    quality: bool = option(
+        False, panel="Encoding", help="Compare chunks with the source (PSNR, SSIM): --quality-seconds per video."
+    )
+    quality_seconds: float = option(
+        2.0, panel="Encoding", unit="s", help="Seconds per video compared by --quality, mid-video."
+    )
     trial_videos: int = 3
-    """Videos trial-encoded to measure ρ."""
+    """Videos trial-encoded to measure ρ (and clips/s per core)."""
+    decode_trial_seconds: float = 1.5
+    """Seconds spent decoding each candidate encoding's trial clips (all trial videos together)."""
 
     @property
     def auto_chunk_len(self) -> bool:
@@ -127,6 +153,10 @@ class ChunkConfig:
             raise AvtoolError(f"--safety must be in [0, 1), got {self.safety}")
         if self.read_speed is not None and self.read_speed <= 0:
             raise AvtoolError(f"--read-speed must be positive, got {self.read_speed}")
+        if self.gpu_clips_per_s is not None and self.gpu_clips_per_s <= 0:
+            raise AvtoolError(f"--gpu-clips-per-s must be positive, got {self.gpu_clips_per_s}")
+        if self.cores < 1 or self.clip_frames < 1 or self.clip_seconds <= 0 or self.quality_seconds <= 0:
+            raise AvtoolError("--cores, --clip-frames, --clip-seconds and --quality-seconds must be positive")
 
 
 @dataclass(frozen=True)
@@ -160,6 +190,8 @@ class ChunkPlan:
     sizing: ChunkSizing | None
     """Eq. 3's derivation (when ρ and S_r were measured or given)."""
     chunk_len: int
+    decode: DecodeBudget | None = None
+    """The decode budget weighed against Eq. 3 (``--plan``)."""
 
     @property
     def seconds(self) -> float:
@@ -190,6 +222,14 @@ class ChunkReport:
     interrupted: bool = False
     aborted: str | None = None
     """Why the run stopped early (e.g. a full disk)."""
+    quality: list[Quality] = field(default_factory=list)
+    """``--quality``: one measurement per video chunked in this run."""
+    quality_failures: list[Failure] = field(default_factory=list)
+    """Videos chunked fine whose quality could not be measured."""
+
+    @property
+    def quality_summary(self) -> Quality | None:
+        return combine(self.quality)
 
     @property
     def realtime_factor(self) -> float:
@@ -244,44 +284,79 @@ def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
         except AvtoolError as e:
             failures.append(Failure(rel.as_posix(), _strip_path(str(e), root / rel)))
 
-    sizing = None
+    sizing, decode = None, None
     chunk_len = cfg.encode.chunk_len
     if jobs and (cfg.auto_chunk_len or measure):
-        sizing = size_chunks(cfg, [j.info for j in jobs])
+        sizing, decode = size_chunks(cfg, [j.info for j in jobs], decode=measure)
         if cfg.auto_chunk_len:
             chunk_len = sizing.chosen_chunk_seconds
     if chunk_len == "auto":  # nothing left to size: the length DST was made with (15 for an empty DST)
         chunk_len = _recorded_chunk_len(dst) or 15
     cfg = replace(cfg, encode=replace(cfg.encode, chunk_len=chunk_len))
     _check_settings(dst, cfg)
-    return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len)
+    return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len, decode)
 
 
-def size_chunks(cfg: ChunkConfig, infos: list[VideoInfo]) -> ChunkSizing:
-    """Measure ρ by trial encodes and S_r on DST's volume (unless given), for Eq. 3."""
+def size_chunks(
+    cfg: ChunkConfig, infos: list[VideoInfo], decode: bool = False
+) -> tuple[ChunkSizing, DecodeBudget | None]:
+    """Measure ρ by trial encodes and S_r on DST's volume (unless given), for Eq. 3; with ``decode``,
+    also clips/s per core of the asked settings and of the other tune, for the decode budget."""
     sample = sorted(infos, key=lambda i: i.path)[: max(1, cfg.trial_videos)]
+    # With --chunk-len auto the trial places keyframes as 15-s chunks would; ρ and clips/s barely depend on it.
+    trial = replace(cfg.encode, chunk_len=15) if cfg.auto_chunk_len else cfg.encode
+    tunes = [trial.tune] + ([t for t in X264_TUNES if t != trial.tune] if decode else [])
+    clip = TrialClip(frames=cfg.clip_frames, seconds=cfg.clip_seconds) if decode else None
+    per_video = cfg.decode_trial_seconds / len(sample)
     with tempfile.TemporaryDirectory(prefix="avtool-trial-") as tmp:
-        # With --chunk-len auto the trial places keyframes as 15-s chunks would; the bitrate barely depends on it.
-        trial = replace(cfg.encode, chunk_len=15) if cfg.auto_chunk_len else cfg.encode
-        rates = [(trial_bitrate(info, trial, Path(tmp)), info.duration) for info in sample]
-    rho = sum(r * d for r, d in rates) / sum(d for _, d in rates)
+        trials = {
+            tune: [(run_trial(info, replace(trial, tune=tune), Path(tmp), clip, per_video), info.duration)
+                   for info in sample]
+            for tune in tunes
+        }  # fmt: skip
+    rho = _mean_bitrate(trials[trial.tune])
     if cfg.read_speed is not None:
         read = Quantity("S_r", cfg.read_speed * 1e6, "B/s", "--read-speed")
     else:
         result = measure_sequential_read(_existing_parent(Path(cfg.dst)), size_bytes=256_000_000)
         read = Quantity("S_r", result.bytes_per_second, "B/s", f"measured on DST's volume, {result.cache}")
-    return ChunkSizing(
+    sizing = ChunkSizing(
         batch_size=Quantity("B", cfg.batch_size, "clips/step", "--batch-size"),
         bitrate=Quantity(
             "ρ",
             rho,
             "b/s",
-            f"trial encode of {len(sample)} video(s), crf {cfg.encode.crf}, {cfg.encode.preset}",
+            f"trial encode of {len(sample)} video(s), crf {cfg.encode.crf}, {cfg.encode.preset}"
+            + (f", tune {cfg.encode.tune}" if cfg.encode.tune != "none" else ""),
         ),
         read_speed=read,
         step_time=Quantity("Δ", cfg.step_time, "s", "--step-time"),
         safety=cfg.safety,
     )
+    if clip is None:
+        return sizing, None
+    candidates = tuple(
+        Candidate(f"--tune {tune}", _mean_bitrate(runs), _clips_per_core([r for r, _ in runs]), tune == trial.tune)
+        for tune, runs in trials.items()
+    )
+    gpu_rate = None
+    if cfg.gpu_clips_per_s is not None:
+        gpu_rate = Quantity("needed", cfg.gpu_clips_per_s, "clips/s", "--gpu-clips-per-s")
+    given = cfg.cores != (os.cpu_count() or 1)
+    cores = Quantity("cores", cfg.cores, "", "--cores" if given else "this machine's cores, --cores")
+    description = f"{clip.describe()}, 1 thread; trial encodes of {len(sample)} video(s)"
+    chunk_len = None if cfg.auto_chunk_len else cfg.encode.chunk_len
+    return sizing, DecodeBudget(sizing, cores, description, candidates, chunk_len, gpu_rate)
+
+
+def _mean_bitrate(runs: list[tuple[TrialResult, float]]) -> float:
+    """ρ of trial encodes, each video weighted by its duration (long videos make most of the chunks)."""
+    return sum(r.bitrate * d for r, d in runs) / sum(d for _, d in runs)
+
+
+def _clips_per_core(results: list[TrialResult]) -> float:
+    cpu = sum(r.cpu_seconds for r in results)
+    return sum(r.clips for r in results) / cpu if cpu > 0 else 0.0
 
 
 def _existing_parent(path: Path) -> Path:
@@ -338,7 +413,7 @@ def run_chunking(
         if stop.is_set():
             proc.kill()
 
-    def run_one(job: VideoJob) -> list[ChunkFile]:
+    def run_one(job: VideoJob) -> tuple[list[ChunkFile], Quality | str | None]:
         if stop.is_set():
             raise _Interrupted
         final = dst / job.rel
@@ -357,8 +432,10 @@ def run_chunking(
                     raise _Interrupted
                 os.replace(partial, final)
                 chunks = [replace(c, path=final / c.path.name) for c in chunks]
+            # Before the manifest piece, which marks the video done: a run killed in between measures again.
+            quality = _measure_quality(dst, job, chunks, cfg, threads) if cfg.quality else None
             _write_piece(dst, job, chunks)
-            return chunks
+            return chunks, quality
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -380,7 +457,7 @@ def run_chunking(
                     job = futures.pop(future)
                     name = job.rel.as_posix()
                     try:
-                        chunks = future.result()
+                        chunks, quality = future.result()
                     except (EncodeError, AvtoolError, OSError) as e:
                         reason = str(e) if not isinstance(e, OSError) else f"{e.strerror or e}"
                         report.failures.append(Failure(name, reason))
@@ -394,6 +471,10 @@ def run_chunking(
                     report.chunks += len(chunks)
                     report.bytes += sum(c.bytes for c in chunks)
                     report.seconds += job.info.duration
+                    if isinstance(quality, Quality):
+                        report.quality.append(quality)
+                    elif quality is not None:
+                        report.quality_failures.append(Failure(name, quality))
                     if on_video_done is not None:
                         on_video_done(name, None)
     except KeyboardInterrupt:
@@ -409,6 +490,7 @@ def run_chunking(
         pool.shutdown(wait=True, cancel_futures=True)
         report.wall_seconds = time.perf_counter() - start
         write_manifest(dst)
+        write_quality(dst)
     return report
 
 
@@ -433,6 +515,10 @@ def _settings_record(cfg: ChunkConfig) -> dict:
     return {"format": 1, **asdict(cfg.encode)}
 
 
+LEGACY_SETTINGS = {"tune": "none"}
+"""Settings a DST made before they existed was made with (records lack them; the encoding matched)."""
+
+
 def _settings_path(dst: Path) -> Path:
     return _state_dir(dst) / "chunk_settings.json"
 
@@ -450,8 +536,8 @@ def _check_settings(dst: Path, cfg: ChunkConfig) -> None:
     wanted = _settings_record(cfg)
     if record_path.exists():
         try:
-            found = json.loads(record_path.read_text())
-        except json.JSONDecodeError:
+            found = {**LEGACY_SETTINGS, **json.loads(record_path.read_text())}
+        except (json.JSONDecodeError, TypeError):
             found = None
         if found != wanted:
             differing = sorted(k for k in wanted if not found or found.get(k) != wanted[k])
@@ -478,6 +564,38 @@ def _write_piece(dst: Path, job: VideoJob, chunks: list[ChunkFile]) -> None:
         for c in chunks
     ]
     atomic_write_text(_piece_path(dst, job.rel), pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(index=False))
+
+
+def _quality_piece_path(dst: Path, rel: Path) -> Path:
+    return _state_dir(dst) / "quality" / f"{rel.as_posix()}.json"
+
+
+def _measure_quality(
+    dst: Path, job: VideoJob, chunks: list[ChunkFile], cfg: ChunkConfig, threads: int
+) -> Quality | str:
+    """The video's quality (also written as its piece of DST/quality.json), or why it could not be measured:
+    a failed measurement does not fail the chunks."""
+    try:
+        quality = measure_quality(job.info, chunks, cfg.encode, cfg.quality_seconds, threads)
+    except EncodeError as e:
+        return str(e)
+    atomic_write_text(_quality_piece_path(dst, job.rel), json.dumps(quality.to_dict()))
+    return quality
+
+
+def write_quality(dst: Path) -> Path | None:
+    """Gather the per-video quality pieces into DST/quality.json: every video and their pooled PSNR and SSIM."""
+    pieces_dir = _state_dir(dst) / "quality"
+    pieces = sorted(p for p in pieces_dir.rglob("*.json") if not p.name.startswith(".")) if pieces_dir.is_dir() else []
+    if not pieces:
+        return None
+    videos = {p.relative_to(pieces_dir).as_posix().removesuffix(".json"): json.loads(p.read_text()) for p in pieces}
+    overall = combine([Quality.from_dict(v) for v in videos.values()])
+    settings = json.loads(_settings_path(dst).read_text()) if _settings_path(dst).exists() else None
+    record = {"overall": overall.to_dict() if overall else None, "settings": settings, "videos": videos}
+    path = dst / "quality.json"
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return path
 
 
 def write_manifest(dst: Path) -> Path | None:

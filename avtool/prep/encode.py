@@ -2,7 +2,9 @@
 
 The segment muxer cuts the encoder's output at chunk boundaries; keyframes are forced (as IDR
 frames) at every chunk start, so each chunk decodes on its own, and every ``gop`` seconds inside a
-chunk, so sparse frame sampling can seek instead of decoding the chunk from its start.
+chunk, so sparse frame sampling can seek instead of decoding the chunk from its start. With ``gop``
+``default`` only the chunk starts are forced and libx264 places the rest itself (keyint 250 and
+scene cuts: the LaViLa and AVION chunks).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ X264_PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 )  # fmt: skip
 X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+X264Tune = Literal["none", "fastdecode"]
+X264_TUNES: tuple[X264Tune, ...] = ("none", "fastdecode")
+"""The tunes that matter for training chunks: the others (film, grain, animation, …) trade bytes for how
+footage looks to people, zerolatency for live streaming."""
+Gop = float | Literal["default"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,18 @@ class EncodeSettings:
         help="Short side of the chunks (aspect kept, even sizes); 0 keeps the size.",
     )
     upscale: bool = option(False, panel="Encoding", help="Also scale videos smaller than --short-side up.")
-    gop: float = option(
+    tune: X264Tune = option(
+        "none", panel="Encoding", metavar="none|fastdecode",
+        help="libx264 tune. fastdecode drops CABAC, deblocking and weighted prediction: faster decoding for more "
+        "bytes (--plan measures both, --quality the cost).",
+    )  # fmt: skip
+    gop: Gop = option(
         1.0,
         panel="Encoding",
         unit="s",
-        help="Keyframe interval inside a chunk in seconds (sparse frame sampling seeks to them).",
+        metavar="FLOAT|default",
+        help="Keyframe interval inside a chunk in seconds (sparse frame sampling seeks to them); default: only "
+        "chunk starts are forced, libx264 places the rest (keyint 250, scene cuts; LaViLa's and AVION's chunks).",
     )
     audio: bool = option(False, panel="Encoding", help="Keep the first audio track (AAC); dropped by default.")
 
@@ -64,8 +78,11 @@ class EncodeSettings:
             raise AvtoolError(
                 f"--chunk-len must be a whole number of seconds (at least 1) or auto, got {self.chunk_len!r}"
             )
-        if not 0 < self.gop <= (15 if self.chunk_len == "auto" else self.chunk_len):
-            raise AvtoolError(f"--gop must be in (0, chunk length], got {self.gop}")
+        longest = 15 if self.chunk_len == "auto" else self.chunk_len
+        if self.gop != "default" and (isinstance(self.gop, (bool, str)) or not 0 < self.gop <= longest):
+            raise AvtoolError(f"--gop must be default or in (0, chunk length] seconds, got {self.gop!r}")
+        if self.tune not in X264_TUNES:
+            raise AvtoolError(f"--tune must be one of {', '.join(X264_TUNES)}, got {self.tune!r}")
         if not 0 <= self.crf <= 51:
             raise AvtoolError(f"--crf must be in 0..51, got {self.crf}")
         if self.preset not in X264_PRESETS:
@@ -92,11 +109,8 @@ def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> lis
     """FFmpeg arguments from the input to the encoder, shared by chunking and the trial encode."""
     width, height = output_size(info, settings)
     rate = output_rate(info, settings)
-    # The keyframe key changes at every chunk start and every gop inside a chunk; a frame whose key
-    # differs from the last forced keyframe's is forced. The 1e-4 s nudge absorbs float error in t.
-    L, G = settings.chunk_len, settings.gop
-    key = f"(floor(({{t}})/{L})*1000000+floor((({{t}})-floor(({{t}})/{L})*{L})/{G}))"
-    now, last = key.format(t="t+0.0001"), key.format(t="prev_forced_t+0.0001")
+    now, last = _keyframe_key(settings, "t+0.0001"), _keyframe_key(settings, "prev_forced_t+0.0001")
+    tune = ["-tune", settings.tune] if settings.tune != "none" else []
     audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"] if settings.audio else ["-an"]
     return [
         "-threads", str(threads), "-i", info.path,
@@ -107,10 +121,21 @@ def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> lis
         "-vf", f"setpts=PTS-STARTPTS,fps={rate.numerator}/{rate.denominator},"
         f"scale={width}:{height}:flags=bicubic,setsar=1",
         "-fps_mode", "cfr",
-        "-c:v", "libx264", "-preset", settings.preset, "-crf", str(settings.crf), "-pix_fmt", "yuv420p",
+        "-c:v", "libx264", "-preset", settings.preset, *tune, "-crf", str(settings.crf), "-pix_fmt", "yuv420p",
         "-force_key_frames", f"expr:if(isnan(prev_forced_t),1,gt({now},{last}))", "-forced-idr", "1",
         "-threads", str(threads),
     ]  # fmt: skip
+
+
+def _keyframe_key(settings: EncodeSettings, t: str) -> str:
+    """An FFmpeg expression that changes at every chunk start and every gop inside a chunk: a frame whose
+    key differs from the last forced keyframe's is forced. The caller's 1e-4 s nudge absorbs float error
+    in t. With gop default the key is the chunk index alone, so only chunk starts are forced."""
+    L, G = settings.chunk_len, settings.gop
+    chunk = f"floor(({t})/{L})"
+    if G == "default":
+        return chunk
+    return f"({chunk}*1000000+floor((({t})-{chunk}*{L})/{G}))"
 
 
 @dataclass(frozen=True)
@@ -225,7 +250,7 @@ def verify_chunks(info: VideoInfo, out_dir: Path, ext: str, settings: EncodeSett
         start = index * settings.chunk_len
         if int(path.stem) != start:
             raise EncodeError(f"expected chunk {start}.{ext}, found {path.name}")
-        frames, first_is_key, width, height = _count_frames(path)
+        frames, first_is_key, width, height = count_frames(path)
         if not first_is_key:
             raise EncodeError(f"chunk {path.name} does not start with a keyframe")
         is_last = index == len(files) - 1
@@ -240,7 +265,7 @@ def verify_chunks(info: VideoInfo, out_dir: Path, ext: str, settings: EncodeSett
     return chunks
 
 
-def _count_frames(path: Path) -> tuple[int, bool, int, int]:
+def count_frames(path: Path) -> tuple[int, bool, int, int]:
     """(video packets, first packet is a keyframe, width, height) without decoding."""
     try:
         with av.open(str(path)) as container:
@@ -257,19 +282,26 @@ def _count_frames(path: Path) -> tuple[int, bool, int, int]:
         raise EncodeError(f"chunk {path.name} is unreadable: {e}") from None
 
 
-def trial_bitrate(info: VideoInfo, settings: EncodeSettings, scratch: Path, seconds: float = 8.0) -> float:
-    """Bits/s of ``seconds`` from the middle of the video encoded at ``settings`` (for ρ in Eq. 3)."""
+def trial_encode(info: VideoInfo, settings: EncodeSettings, out: Path, seconds: float = 8.0) -> float:
+    """Encode ``seconds`` from the middle of the video at ``settings`` into ``out`` (an MP4 whose keyframes
+    fall as a chunk's would); the seconds encoded. For ρ in Eq. 3 and the decode budget's clips/s."""
     length = min(seconds, info.duration)
     start = max(0.0, info.duration / 2 - length / 2)
-    out = scratch / f"trial-{Path(info.path).stem}.mp4"
     args = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-ss", f"{start:.3f}",
         *encoder_args(info, settings, threads=0), "-t", f"{length:.3f}", "-f", "mp4", str(out),
     ]  # fmt: skip
     result = subprocess.run(args, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not out.exists():
+        raise EncodeError(_ffmpeg_reason(result.stderr.splitlines(), result.returncode))
+    return length
+
+
+def trial_bitrate(info: VideoInfo, settings: EncodeSettings, scratch: Path, seconds: float = 8.0) -> float:
+    """Bits/s of ``seconds`` from the middle of the video encoded at ``settings`` (for ρ in Eq. 3)."""
+    out = scratch / f"trial-{Path(info.path).stem}.mp4"
     try:
-        if result.returncode != 0 or not out.exists():
-            raise EncodeError(_ffmpeg_reason(result.stderr.splitlines(), result.returncode))
+        length = trial_encode(info, settings, out, seconds)
         return 8 * out.stat().st_size / length
     finally:
         out.unlink(missing_ok=True)
