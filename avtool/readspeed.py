@@ -41,7 +41,7 @@ class ReadResult:
                 "files_per_s": round(self.files / self.seconds, 1) if self.seconds else 0.0}  # fmt: skip
 
 
-def _drop_cache(path: Path) -> bool:
+def drop_page_cache(path: Path) -> bool:
     """Evict ``path`` from the page cache; False when this OS or file system cannot."""
     if not hasattr(os, "posix_fadvise"):
         return False
@@ -94,7 +94,7 @@ def measure_sequential_read(path: Path, size_bytes: int) -> ReadResult:
             write_test_file(target, size_bytes)
         except OSError as e:
             raise AvtoolError(f"{path}: cannot write the {size_bytes / 1e6:.0f} MB test file ({e.strerror})") from None
-        dropped = _drop_cache(target)
+        dropped = drop_page_cache(target)
         start = time.perf_counter()
         read = _read_whole(target)
         seconds = time.perf_counter() - start
@@ -105,7 +105,7 @@ def measure_random_chunk_reads(files: list[Path], threads: int, seed: int) -> Re
     """Read whole ``files`` in a random order with ``threads`` readers, each evicted from the cache first."""
     order = list(files)
     random.Random(seed).shuffle(order)
-    dropped = all([_drop_cache(f) for f in order])
+    dropped = all([drop_page_cache(f) for f in order])
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=threads) as pool:
         total = sum(pool.map(_read_whole, order))

@@ -13,9 +13,11 @@ from avtool.env import collect_environment
 from avtool.options import to_jsonable
 
 
-def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tuple[Path, Path]:
+def write_results(
+    out_dir: Path, name: str, rows: list[dict], config: Any, extra: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """``out_dir/name.csv`` (one flat row per measurement) and ``out_dir/name.json`` (rows, config
-    and environment). Returns both paths."""
+    and environment, and ``extra``'s keys: what does not fit a flat row). Returns both paths."""
     out_dir = Path(out_dir)
     csv_path, json_path = out_dir / f"{name}.csv", out_dir / f"{name}.json"
     atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
@@ -24,6 +26,7 @@ def write_results(out_dir: Path, name: str, rows: list[dict], config: Any) -> tu
         "env": collect_environment(),
         "config": to_jsonable(config),
         "rows": to_jsonable(rows),
+        **to_jsonable(extra or {}),
     }
     atomic_write_text(json_path, json.dumps(record, indent=2))
     return csv_path, json_path

@@ -6,9 +6,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from avtool.prep.sample import SampleConfig, make_sample
 from avtool.video.ffmpeg import ffmpeg_exe
+
+# Before torch's thread pool exists, as every avtool command that trains does first (engine.flush_denormals:
+# the setting is per thread, and the pool's threads copy it when they start).
+torch.set_flush_denormal(True)
 
 
 def make_video(

@@ -25,6 +25,20 @@ def _png(results: Path, output: Path | None, png: str | None) -> Path:
 Dpi = Annotated[int, typer.Option(help="Resolution of the PNG, dots per inch.")]
 
 
+@plot_app.command("fig2")
+def fig2(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="CSV written by `avtool bench pipeline`.")],
+    output: Out = None,
+    png: Png = None,
+    dpi: Dpi = 150,
+) -> None:
+    """Fig. 2: GPU, CPU and IO throughput (clips/s) against the number of GPUs, the standard pipeline
+    (reference) left and avtool's right, with the measured throughput and the bound at each count."""
+    from avtool.plots.fig2 import plot_fig2
+
+    console.print(f"wrote {plot_fig2(results, _png(results, output, png), dpi)}", highlight=False)
+
+
 @plot_app.command("fig3")
 def fig3(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="CSV written by `avtool bench memory`.")],
@@ -64,3 +78,17 @@ def fig5(
     from avtool.plots.fig5 import plot_fig5
 
     console.print(f"wrote {plot_fig5(results, _png(results, output, png), dpi)}", highlight=False)
+
+
+@plot_app.command("table4")
+def table4(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", help="CSV written by `avtool bench ladder`.")],
+    output: Out = None,
+    png: Png = None,
+    dpi: Dpi = 150,
+) -> None:
+    """Table 4: data-loading overhead, training speed (s/it) and throughput after each cumulative change,
+    per batch size, as a table and as bars split into compute and data wait."""
+    from avtool.plots.table4 import plot_table4
+
+    console.print(f"wrote {plot_table4(results, _png(results, output, png), dpi)}", highlight=False)

@@ -19,8 +19,9 @@ from torch.utils.data import Dataset
 
 from avtool.data.problems import Problems
 from avtool.errors import AvtoolError
-from avtool.video.clips import ChunkedVideo, ChunkIndex, plan_clip, plan_frames
-from avtool.video.crops import CropPolicy
+from avtool.readspeed import drop_page_cache
+from avtool.video.clips import ChunkedVideo, ChunkIndex, ClipPlan, plan_clip, plan_frames
+from avtool.video.crops import Crop, CropPolicy
 from avtool.video.decode import DecoderConfig, make_decoder, read_clip
 
 
@@ -46,6 +47,9 @@ class ClipConfig:
     """Seconds a clip may end after its video does (the end is clamped); more is an error."""
     manifest: Path | None = None
     """``manifest.csv`` describing the chunks; None looks in the root and the folders above it."""
+    drop_page_cache: bool = False
+    """Evict each chunk file from the page cache after its clip is read, so that every read comes from the
+    storage as it does for a dataset larger than memory (the end-to-end benchmarks)."""
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.size < 1:
@@ -79,11 +83,19 @@ class ClipDataset(Dataset):
         end = min(end, video.duration)
         plan = plan_clip(video, start, end, self.clips.num_frames, rng if self.clips.train else None)
         crop = self.clips.crop_policy.draw(video.width, video.height, rng)
-        return read_clip(self.decoder, plan, crop, self.clips.size)
+        return self._read(plan, crop)
 
     def load_frames(self, video: ChunkedVideo, frame_ids: list[int], rng: np.random.Generator) -> torch.Tensor:
         crop = self.clips.crop_policy.draw(video.width, video.height, rng)
-        return read_clip(self.decoder, plan_frames(video, frame_ids), crop, self.clips.size)
+        return self._read(plan_frames(video, frame_ids), crop)
+
+    def _read(self, plan: ClipPlan, crop: Crop) -> torch.Tensor:
+        clip = read_clip(self.decoder, plan, crop, self.clips.size)
+        if self.clips.drop_page_cache:
+            for read in plan.reads:
+                if isinstance(read.source, Path):
+                    drop_page_cache(read.source)
+        return clip
 
     def check_clips(
         self, problems: Problems, keys: list[str], starts: np.ndarray, ends: np.ndarray, rows: Callable[[int], str]

@@ -135,6 +135,7 @@ def fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, console: Cons
     ``config`` is the job's whole configuration: printed at start, saved as config.json and in every
     checkpoint."""
     env = distributed.setup(run.device)
+    flush_denormals(env.device)
     try:
         return _fit(job, run, optim, config, env, console)
     finally:
@@ -155,12 +156,7 @@ class _Run:
     stop_at: int
     """The step this invocation stops at: ``--stop-after`` or the end of the schedule."""
     schedule: LrSchedule
-    model: nn.Module
-    """The bare model: checkpoints and evaluation."""
-    forward: nn.Module
-    """The model as the loss runs it: DDP-wrapped and compiled as configured."""
-    train_step: TrainStep
-    """One optimiser step; holds the optimiser and the gradient scaler."""
+    training: Training
     state: TrainState
     monitor: TrainMonitor
     last_eval: dict[str, float] | None = None
@@ -169,8 +165,9 @@ class _Run:
 def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv, console: Console | None) -> FitResult:
     r = _setup(job, run, optim, config, env, console or Console())
     interrupted = False
-    r.model.train()
-    with r.monitor:
+    r.training.model.train()
+    # Closing the loader stops its workers now, before the process group goes and on any error.
+    with r.monitor, r.loader:
         try:
             _train_epochs(r)
         except KeyboardInterrupt:
@@ -180,19 +177,98 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
     return FitResult(r.state, r.out, r.monitor.last, r.last_eval, interrupted)
 
 
+def flush_denormals(device: torch.device) -> None:
+    """On a CPU, compute float32 denormals as zero. x86 takes a slow microcode path for them, and AdamW's
+    second moments of tiny gradients are denormal: a tiny model's step took 35× longer (2.7 s against 0.07 s).
+    The setting is per thread and new threads copy it, so call this before torch starts its thread pool
+    (the first parallel op): ``fit`` and the benchmarks call it first."""
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+
+
+def build_loader(
+    job: Job, run: RunConfig, env: DistEnv, dataset: Dataset | None = None, collate_fn: Callable | None = None
+) -> DataLoader:
+    """The training loader of ``job`` on this rank, as a run iterates it; a benchmark may pass the job's
+    training set and collation wrapped (``dataset``, ``collate_fn``)."""
+    loader = make_loader(
+        dataset if dataset is not None else job.train_dataset(),
+        LoaderConfig(batch_size=run.batch_size, workers=run.workers, timeout=run.loader_timeout, seed=run.seed),
+        env.rank, env.world_size, collate_fn=collate_fn or job.collate(),
+    )  # fmt: skip
+    # Every epoch holds whole optimiser steps, so that steps never straddle two epochs of the one pass.
+    loader.sampler.whole = run.batch_size * run.accum_steps
+    return loader
+
+
+@dataclass
+class Training:
+    """The model of a run and its optimiser step, as `avtool train` runs them and the benchmarks time them."""
+
+    model: nn.Module
+    """The bare model: checkpoints and evaluation."""
+    forward: nn.Module
+    """The model as the loss runs it: DDP-wrapped and compiled as configured."""
+    train_step: TrainStep
+    """One optimiser step; holds the optimiser and the gradient scaler."""
+    state: TrainState
+    """Where the run is (restored from ``resume_from``, else the start)."""
+
+
+def build_training(
+    job: Job, run: RunConfig, optim: OptimConfig, env: DistEnv, resume_from: Path | None = None
+) -> Training:
+    """The job's model on the device, its optimiser and step, restored from ``resume_from`` if given, then
+    wrapped in DDP and compiled as ``run`` says."""
+    flush_denormals(env.device)
+    model = job.build_model().to(env.device)
+    optimizer = build_optimizer(model, optim, env.device)
+    amp_dtype = autocast_dtype(run.precision, env.device.type)
+    scaler = grad_scaler(env.device, amp_dtype)
+    state = TrainState() if resume_from is None else _restore(resume_from, job, model, optimizer, scaler)
+    trained = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
+        if env.distributed else model  # fmt: skip
+    forward = torch.compile(trained, **COMPILE_MODES[run.compile_mode]) if run.compile else trained
+    train_step = TrainStep(
+        trained, optimizer, scaler, env.device, amp_dtype, accum_steps=run.accum_steps,
+        clip_grad_norm=run.clip_grad_norm,
+    )  # fmt: skip
+    return Training(model, forward, train_step, state)
+
+
+def train_one_step(
+    job: Job, training: Training, batches: Iterator[dict[str, Any]], env: DistEnv
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
+    """One optimiser step of ``job`` over the step's micro-batches from ``batches``; returns the mean loss, the
+    last micro-batch's extra numbers and the seconds spent waiting for data (``next`` and the copy to the
+    device)."""
+    data_seconds = 0.0
+    extra: dict[str, torch.Tensor] = {}
+
+    def micro_batches() -> Iterator[dict[str, Any]]:
+        nonlocal data_seconds
+        for _ in range(training.train_step.accum_steps):
+            waited = time.perf_counter()
+            batch = _to_device(next(batches), env.device)
+            data_seconds += time.perf_counter() - waited
+            yield batch
+
+    def loss(batch: dict[str, Any]) -> torch.Tensor:
+        nonlocal extra
+        value, extra = job.loss(training.forward, batch, env)
+        return value
+
+    total = training.train_step(micro_batches(), loss)
+    return total, extra, data_seconds
+
+
 def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv, console: Console) -> _Run:
     """The loader, schedule, model, optimiser and monitor of a run, resumed from its checkpoint if any."""
     out = Path(run.output_dir)
     resume_from = _resume_path(run)
     torch.manual_seed(_step_seed(run.seed, 0, 0))  # the same initial weights on every rank
 
-    loader = make_loader(
-        job.train_dataset(),
-        LoaderConfig(batch_size=run.batch_size, workers=run.workers, timeout=run.loader_timeout, seed=run.seed),
-        env.rank, env.world_size, collate_fn=job.collate(),
-    )  # fmt: skip
-    # Every epoch holds whole optimiser steps, so that steps never straddle two epochs of the one pass.
-    loader.sampler.whole = run.batch_size * run.accum_steps
+    loader = build_loader(job, run, env)
     steps_per_epoch = len(loader) // run.accum_steps
     global_batch = run.batch_size * env.world_size * run.accum_steps
     if steps_per_epoch == 0:
@@ -206,19 +282,8 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
         warmup_steps=round(optim.warmup_epochs * steps_per_epoch), start_lr=optim.lr_start, end_lr=optim.lr_end,
         fixed=optim.fixed_lr,
     )  # fmt: skip
-
-    model = job.build_model().to(env.device)
-    optimizer = build_optimizer(model, optim, env.device)
-    amp_dtype = autocast_dtype(run.precision, env.device.type)
-    scaler = grad_scaler(env.device, amp_dtype)
-    state = TrainState() if resume_from is None else _restore(resume_from, job, model, optimizer, scaler)
-    trained = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None) \
-        if env.distributed else model  # fmt: skip
-    forward = torch.compile(trained, **COMPILE_MODES[run.compile_mode]) if run.compile else trained
-    train_step = TrainStep(
-        trained, optimizer, scaler, env.device, amp_dtype, accum_steps=run.accum_steps,
-        clip_grad_norm=run.clip_grad_norm,
-    )  # fmt: skip
+    training = build_training(job, run, optim, env, resume_from)
+    state = training.state
 
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +304,8 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
     )  # fmt: skip
     return _Run(
         job=job, run=run, config=config, env=env, out=out, loader=loader, steps_per_epoch=steps_per_epoch,
-        stop_at=min(total_steps, run.stop_after or total_steps), schedule=schedule, model=model, forward=forward,
-        train_step=train_step, state=state, monitor=monitor,
+        stop_at=min(total_steps, run.stop_after or total_steps), schedule=schedule, training=training,
+        state=state, monitor=monitor,
     )  # fmt: skip
 
 
@@ -286,9 +351,9 @@ def _run_epoch(r: _Run, batches: Iterator[dict[str, Any]]) -> None:
     state = r.state
     while state.step_in_epoch < r.steps_per_epoch and state.step < r.stop_at:
         lr = r.schedule(state.step)
-        set_lr(r.train_step.optimizer, lr)
+        set_lr(r.training.train_step.optimizer, lr)
         torch.manual_seed(_step_seed(r.run.seed, r.env.rank, state.step))
-        loss, extra, data_seconds = _train_step(r, batches)
+        loss, extra, data_seconds = train_one_step(r.job, r.training, batches, r.env)
         state.step += 1
         state.step_in_epoch += 1
         r.monitor.step(state.step, state.epoch, lr, loss, data_seconds, extra)
@@ -296,29 +361,6 @@ def _run_epoch(r: _Run, batches: Iterator[dict[str, Any]]) -> None:
             _save(r, step_checkpoint_path(r.out, state.step))
             if r.env.is_main:
                 prune_checkpoints(r.out, r.run.keep_checkpoints)
-
-
-def _train_step(r: _Run, batches: Iterator[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-    """One optimiser step of the job over ``run.accum_steps`` micro-batches; returns the mean loss, the last
-    micro-batch's extra numbers and the seconds spent waiting for data."""
-    data_seconds = 0.0
-    extra: dict[str, torch.Tensor] = {}
-
-    def micro_batches() -> Iterator[dict[str, Any]]:
-        nonlocal data_seconds
-        for _ in range(r.run.accum_steps):
-            waited = time.perf_counter()
-            batch = _to_device(next(batches), r.env.device)
-            data_seconds += time.perf_counter() - waited
-            yield batch
-
-    def loss(batch: dict[str, Any]) -> torch.Tensor:
-        nonlocal extra
-        value, extra = r.job.loss(r.forward, batch, r.env)
-        return value
-
-    total = r.train_step(micro_batches(), loss)
-    return total, extra, data_seconds
 
 
 def _end_of_epoch(r: _Run) -> None:
@@ -349,11 +391,11 @@ def _is_better(job: Job, metrics: dict[str, float] | None, best: float | None) -
 def _evaluate(r: _Run) -> dict[str, float] | None:
     """The job's validation metrics, logged; their time is left out of the training speed."""
     started = time.perf_counter()
-    amp_dtype = r.train_step.amp_dtype
-    r.model.eval()
+    amp_dtype = r.training.train_step.amp_dtype
+    r.training.model.eval()
     with torch.no_grad(), torch.autocast(r.env.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        metrics = r.job.evaluate(r.model, r.env)
-    r.model.train()
+        metrics = r.job.evaluate(r.training.model, r.env)
+    r.training.model.train()
     if metrics is not None:
         r.monitor.write({"type": "eval", "step": r.state.step, "epoch": r.state.epoch, **metrics})
         summary = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
@@ -366,6 +408,6 @@ def _save(r: _Run, path: Path) -> None:
     """Write a checkpoint of the run (on rank 0); its time is left out of the training speed."""
     started = time.perf_counter()
     if r.env.is_main:
-        step = r.train_step
-        save_checkpoint(path, _checkpoint(r.model, step.optimizer, step.scaler, r.state, r.job, r.config))
+        step = r.training.train_step
+        save_checkpoint(path, _checkpoint(r.training.model, step.optimizer, step.scaler, r.state, r.job, r.config))
     r.monitor.exclude(time.perf_counter() - started)
