@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from avtool.errors import AvtoolError
 from avtool.options import option
@@ -46,7 +46,7 @@ class BenchInputs:
     )  # fmt: skip
     encode: EncodeSettings = dataclasses.field(default_factory=EncodeSettings)
     """How the chunk sets are encoded besides what each set changes (chunk length, keyframes, tune)."""
-    sample_preset: str = "bench"
+    sample_preset: Literal["demo", "bench"] = "bench"
     """The `avtool sample` preset generated when --videos is not given."""
 
     def problems(self) -> list[str]:

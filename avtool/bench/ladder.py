@@ -42,8 +42,9 @@ from avtool.train.distributed import DistEnv, resolve_device
 from avtool.train.engine import build_loader, build_training, flush_denormals
 from avtool.train.lavila import LavilaConfig, LavilaJob
 from avtool.train.model_config import ModelConfig
+from avtool.train.model_factory import dual_encoder_config
 
-Job = Literal["lavila"]
+JobName = Literal["lavila"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def rungs(best_attn: AttnImpl, nvdec_workers: int = 2) -> tuple[Rung, ...]:
 RUNG_NAMES: tuple[str, ...] = tuple(r.name for r in rungs("cudnn"))
 
 
-def _lavila_default(name: str) -> Any:
+def recipe_default(name: str) -> Any:
     """The recipe default of a LavilaConfig group (the ladder starts from the training recipe)."""
     f = next(f for f in dataclasses.fields(LavilaConfig) if f.name == name)
     return f.default_factory()  # type: ignore[misc]
@@ -95,17 +96,17 @@ class LadderConfig:
     """The ladder's rows, batches, time per row and inputs; the job's other settings are its recipe's."""
 
     inputs: BenchInputs = field(default_factory=BenchInputs)
-    job: Job = option("lavila", panel="Model", help="The training job whose step is timed (videomae: to come).")
+    job: JobName = option("lavila", panel="Model", help="The training job whose step is timed (videomae: to come).")
     rows: tuple[str, ...] = option(
         RUNG_NAMES, flags="--rows", panel="Run", metavar="NAME,...", show_default="all",
-        help=f"Rows to run, by name: {', '.join(RUNG_NAMES)}. Every row still includes the changes of the rows "
-        "below it.",
+        help=f"Rows to run, by name: {', '.join(RUNG_NAMES)}. Each row adds its change to the rows run below it; "
+        "a row left out adds nothing (the baseline's settings hold until a row changes them).",
     )  # fmt: skip
     batch_sizes: tuple[int, ...] = option(
         (64, 256), flags="--batch-size", panel="Optimisation", unit="clips",
         help="Clips per GPU of each ladder, repeatable (Table 4: 64 and 256).",
     )  # fmt: skip
-    model: ModelConfig = field(default_factory=lambda: _lavila_default("model"))
+    model: ModelConfig = field(default_factory=lambda: recipe_default("model"))
     best_attn: AttnImpl = option(
         "cudnn", panel="Model", help="Kernel of the best-attn row (cudnn, flash, fa4, ...; see --attn of train)."
     )
@@ -144,7 +145,7 @@ class LadderConfig:
             out.append("seconds must be positive, warmup_steps at least 0 and min_steps at least 1")
         if self.workers < 0:
             out.append(f"workers={self.workers} must be 0 or more")
-        if not 1 <= self.hybrid_nvdec_workers <= max(self.workers, 1):
+        if "hybrid-nvdec" in self.rows and not 1 <= self.hybrid_nvdec_workers <= max(self.workers, 1):
             out.append(f"hybrid_nvdec_workers={self.hybrid_nvdec_workers} is not in 1..--workers ({self.workers})")
         if self.read_limit is not None and self.read_limit <= 0:
             out.append(f"read_limit={self.read_limit} must be positive")
@@ -225,18 +226,19 @@ def run_ladder(cfg: LadderConfig, report: Callable[[str], None] = lambda line: N
     videos, metadata = prepare_sources(cfg.inputs, report)
     plans: list[tuple[int, Rung, str, dict[tuple[str, ...], Any]]] = []
     for batch_size in cfg.batch_sizes:
-        values: dict[tuple[str, ...], Any] = {}
-        chunks = "300s"
-        for rung in cfg.rungs():
+        # The baseline's settings hold until a row changes them, whether or not the baseline row runs.
+        baseline = cfg.rungs()[0]
+        values, chunks = dict(baseline.values), baseline.chunks or "300s"
+        for rung in cfg.selected():
             values = {**values, **rung.values}
             chunks = rung.chunks or chunks
-            if rung in cfg.selected():
-                plans.append((batch_size, rung, chunks, values))
+            plans.append((batch_size, rung, chunks, values))
     roots = {name: prepare_chunks(cfg.inputs, videos, name, report) for name in dict.fromkeys(p[2] for p in plans)}
     configs = [job_config(values, roots[chunks], metadata, cfg.model, _run_settings(cfg, b))
                for b, _, chunks, values in plans]  # fmt: skip
-    for row_cfg in configs:  # everything a row will read, before the first one runs
+    for row_cfg in configs:  # everything a row will read and build, before the first one runs
         row_cfg.check()
+        dual_encoder_config(row_cfg.model)
     env = DistEnv(0, 0, 1, resolve_device(cfg.device))
     rows = []
     for (batch_size, rung, chunks, _), row_cfg in zip(plans, configs, strict=True):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from avtool.bench.inputs import CHUNK_SETS, BenchInputs, prepare_chunks, prepare_sources
-from avtool.bench.ladder import job_config, rungs
+from avtool.bench.ladder import job_config, recipe_default, rungs
 from avtool.bench.loop import (
     LOAD_SECONDS,
     TimedCollate,
@@ -67,11 +67,6 @@ FASTDECODE = "15s-1s-keys-fastdecode"
 """The chunk set of the CPU remedy the verdict measures."""
 
 
-def _lavila_default(name: str) -> Any:
-    f = next(f for f in dataclasses.fields(LavilaConfig) if f.name == name)
-    return f.default_factory()  # type: ignore[misc]
-
-
 @dataclass(frozen=True)
 class PipelineConfig:
     """One job configuration measured part by part, for g = 1, 2, 4, 8 GPUs' shares of this machine."""
@@ -81,8 +76,8 @@ class PipelineConfig:
         "15s-1s-keys", panel="Data", metavar="SET",
         help=f"Chunk set the job reads: {', '.join(CHUNK_SETS)} (made with avtool chunk and kept in --data-dir).",
     )  # fmt: skip
-    model: ModelConfig = field(default_factory=lambda: _lavila_default("model"))
-    decoder: DecoderConfig = field(default_factory=lambda: _lavila_default("decoder"))
+    model: ModelConfig = field(default_factory=lambda: recipe_default("model"))
+    decoder: DecoderConfig = field(default_factory=lambda: recipe_default("decoder"))
     batch_size: int = option(256, panel="Optimisation", unit="clips", help="Clips per GPU per step.")
     gpus: tuple[int, ...] = option((1, 2, 4, 8), flags="--gpus", panel="Run", help="GPU counts to assess, "
                                    "repeatable.")  # fmt: skip

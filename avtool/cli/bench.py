@@ -303,7 +303,7 @@ CHUNK_SET_KEYS = ("inputs.encode.chunk_len", "inputs.encode.gop", "inputs.encode
 def _tiny_end_to_end(batches: dict[tuple[str, ...], object]) -> dict[tuple[str, ...], object]:
     """What --tiny sets in the ladder and the pipeline (both start from the job's recipe)."""
     return {
-        ("inputs", "sample_preset"): "default", ("inputs", "encode", "short_side"): 96, ("model", "name"): "tiny",
+        ("inputs", "sample_preset"): "demo", ("inputs", "encode", "short_side"): 96, ("model", "name"): "tiny",
         ("seconds",): 1.0, ("warmup_steps",): 3, ("min_steps",): 2, ("workers",): 1, **batches,
     }  # fmt: skip
 
@@ -340,8 +340,12 @@ def _run_ladder(cfg: LadderConfig) -> None:
             r.status if r.steady or r.status != "ok" else "ok (prefetch not drained)",
         )  # fmt: skip
 
+    done = []
+
     def on_row(row) -> None:
         console.print("  " + "  ".join(cells(row)), highlight=False)
+        done.append(dataclasses.asdict(row))  # rewritten after every row: a run stopped early keeps its rows
+        write_results(output, cfg.name, done, cfg)
 
     result = run_ladder(cfg, report=lambda line: console.print(line, highlight=False), on_row=on_row)
     table = Table(title=f"Table 4 on this machine ({cfg.job}; cache {result.rows[0].cache})", title_justify="left")
@@ -360,7 +364,7 @@ def _run_ladder(cfg: LadderConfig) -> None:
 def _ladder(app: typer.Typer) -> None:
     from avtool.bench.ladder import LadderConfig
 
-    tiny = _tiny_end_to_end({("batch_sizes",): (4, 8), ("best_attn",): "sdpa"})
+    tiny = _tiny_end_to_end({("batch_sizes",): (4, 8), ("best_attn",): "sdpa", ("hybrid_nvdec_workers",): 1})
     config_command(
         app,
         "ladder",
