@@ -29,6 +29,16 @@ AVTOOL = shutil.which("avtool", path=str(Path(sys.executable).parent)) or "avtoo
 TINY_RUN = dict(seconds=1.0, warmup_steps=3, min_steps=2, workers=1, device="cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_compute_thread():
+    """The step on one thread: flushing denormals (engine.flush_denormals) reaches only threads started after
+    it, and a thread pool an earlier test started would compute AdamW's denormal moments 35× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def bench_inputs(small_sample, tmp_path_factory) -> BenchInputs:
     """The sample's Ego4D videos with 48 one-second narrations over them (enough for batches of 8), chunked

@@ -1,4 +1,8 @@
-"""`avtool sample`: a small dataset in the real Ego4D and EPIC-Kitchens-100 layouts, made locally.
+"""`avtool sample`: a dataset in the real Ego4D and EPIC-Kitchens-100 layouts, made locally.
+
+Two sizes: ``demo`` (7 minutes of footage, for the demo and the tests) and ``bench`` (4 hours of Ego4D
+footage with narrations as dense as Ego4D's, for throughput runs; see BENCH_VIDEOS). Either way the
+footage's 288p chunks cost ~1 Mb/s, as real egocentric video does, which the sample measures and reports.
 
 Ego4D layout::
 
@@ -21,18 +25,33 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from avtool.atomic import atomic_write_bytes, atomic_write_text
+from avtool.errors import AvtoolError
 from avtool.options import option
-from avtool.prep.synthetic import NOUNS, VERBS, Event, Script, VideoSpec, plan_script, render_video
+from avtool.prep.encode import EncodeSettings, trial_bitrate
+from avtool.prep.synthetic import (
+    NOUNS,
+    VERBS,
+    Event,
+    Script,
+    VideoSpec,
+    concat_videos,
+    plan_script,
+    render_video,
+    segments,
+)
+from avtool.video.probe import probe_video
 
 EK100_COLUMNS = [
     "narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
@@ -41,6 +60,22 @@ EK100_COLUMNS = [
 ]  # fmt: skip
 
 _PARAPHRASE_SUBJECTS = ("#C C", "the camera wearer", "C", "someone")
+FORMAT = 2
+"""Version of the footage and metadata; a sample of another version is rewritten (2: footage that
+costs what real footage costs, denser narrations)."""
+SEGMENT_SECONDS = 120.0
+"""Long videos are rendered in pieces of this length on separate cores and joined. Fixed, not taken
+from the core count, so that every machine writes the same bytes."""
+TRIAL_SECONDS = 5.0
+"""Seconds of each kind of video (size and rate) trial-encoded with the chunk defaults to report the
+chunks' bitrate."""
+_DEMO_DURATIONS = (60.0, 75.0, 90.0)
+BENCH_VIDEOS, BENCH_MINUTES = 16, 15.0
+"""The bench preset: 16 Ego4D videos of 15 minutes (4 h; three 300-s chunks each) whose 15 training
+videos hold ~5,960 narrations (one per ~2.3 s, as dense as Ego4D's), 23 steps of 256 clips per epoch.
+It renders 440,000 frames in ~4 min on 16 cores (~140 frames/s per core) into ~5 GB of raw video
+(~3 Mb/s). Hundreds of distinct steps would take Ego4D's density over tens of hours of footage: more
+epochs (whose frame sampling is jittered) or --videos/--minutes give longer runs."""
 
 
 @dataclass(frozen=True)
@@ -50,23 +85,53 @@ class SampleConfig:
     dest: Path = option(
         flags="--dest", positional=True, panel="Data", metavar="DIR", help="Folder that receives ego4d/ and ek100/."
     )
+    preset: Literal["demo", "bench"] = option(
+        "demo",
+        panel="Data",
+        help=f"Size: demo (3 Ego4D videos of 60-90 s, 7 min in all) or bench ({BENCH_VIDEOS} Ego4D videos of "
+        f"{BENCH_MINUTES:g} min, for throughput runs). EK-100 has the same 3 videos in both.",
+    )
+    videos: int | None = option(
+        None, panel="Data", show_default="the preset's", help="Ego4D videos (the last one is held out)."
+    )
+    minutes: float | None = option(
+        None, panel="Data", unit="min", show_default="the preset's", help="Length of each Ego4D video."
+    )
     seed: int = option(0, panel="Run", help="Seed of every random choice: the same seed gives the same videos and "
                        "metadata.")  # fmt: skip
-    ego4d_durations: tuple[float, ...] = (60.0, 75.0, 90.0)
-    """Length of each raw Ego4D video in seconds; the last one is held out for validation."""
+    ego4d_durations: tuple[float, ...] | None = None
+    """Length of each raw Ego4D video in seconds, the last one held out for validation; set, it wins
+    over the preset, --videos and --minutes."""
     ek100_videos: tuple[tuple[str, int, float], ...] = (
         ("P01_01", 60, 30.0), ("P01_02", 50, 30.0), ("P02_01", 30, 150.0),
     )  # fmt: skip
     """(video id, fps, seconds) of each EK-100 video; the last participant is the held-out split (the
-    validation CSV and the retrieval test set, 51 clips in the 150-s default, so that zero-shot MIR in
+    validation CSV and the retrieval test set, 68 clips in the 150-s default, so that zero-shot MIR in
     `make demo` is measured on enough clips to tell learning from chance)."""
     workers: int = option(
         default_factory=lambda: os.cpu_count() or 1,
         flags="--procs",
         panel="Run",
         show_default="all cores",
-        help="Videos rendered in parallel.",
+        help="Video segments rendered in parallel.",
     )
+
+    def __post_init__(self) -> None:
+        if self.videos is not None and self.videos < 1:
+            raise AvtoolError(f"--videos must be at least 1, got {self.videos}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise AvtoolError(f"--minutes must be positive, got {self.minutes}")
+
+    def durations(self) -> tuple[float, ...]:
+        """Seconds of each Ego4D video: ``ego4d_durations``, else --videos × --minutes over the preset's."""
+        if self.ego4d_durations is not None:
+            return tuple(self.ego4d_durations)
+        bench = self.preset == "bench"
+        videos = self.videos or (BENCH_VIDEOS if bench else len(_DEMO_DURATIONS))
+        minutes = self.minutes or (BENCH_MINUTES if bench else None)
+        if minutes is None:
+            return tuple(_DEMO_DURATIONS[i % len(_DEMO_DURATIONS)] for i in range(videos))
+        return (round(minutes * 60, 3),) * videos
 
 
 @dataclass
@@ -77,46 +142,133 @@ class SampleReport:
     narrations: int
     skipped: bool
     """True when DEST already held this exact sample and nothing was written."""
+    chunk_bitrate: float | None = None
+    """Bits/s of 288p chunks at the chunk defaults (crf 23), from trial encodes: the kinds' figures
+    weighted by their seconds of footage."""
+    trial_seconds: float = 0.0
+    """Seconds of footage trial-encoded for ``chunk_bitrate``."""
+    bitrates: dict[str, float] = field(default_factory=dict)
+    """The trial's bits/s of each kind of video, e.g. ``640x360@30``."""
+    trial_settings: str = ""
+    """What the trial encoded, e.g. ``288p chunks at crf 23, medium``."""
 
 
 def make_sample(cfg: SampleConfig, on_video_done: Callable[[str], None] | None = None) -> SampleReport:
-    """Write the sample dataset under ``cfg.dest`` (idempotent: an existing sample of the same seed
-    is kept)."""
+    """Write the sample dataset under ``cfg.dest`` (idempotent: an existing sample of the same seed,
+    sizes and format is kept)."""
     dest = Path(cfg.dest)
     marker = dest / "avtool_sample.json"
     fingerprint = _fingerprint(cfg)
     ego_jobs, ego_rows = _plan_ego4d(cfg, dest)
     ek_jobs, ek_rows = _plan_ek100(cfg, dest)
-    jobs = ego_jobs + ek_jobs
-    seconds = sum(spec.duration for spec, _ in jobs)
-    narrations = len(ego_rows) + len(ek_rows)
-    if marker.exists() and json.loads(marker.read_text()) == fingerprint:
-        return SampleReport(dest, [str(s.path) for s, _ in jobs], seconds, narrations, skipped=True)
+    videos = ego_jobs + ek_jobs
+    report = SampleReport(
+        dest, [str(s.path) for s, _ in videos], sum(s.duration for s, _ in videos), len(ego_rows) + len(ek_rows),
+        skipped=False,
+    )  # fmt: skip
+    recorded = json.loads(marker.read_text()) if marker.exists() else None
+    if isinstance(recorded, dict) and {k: v for k, v in recorded.items() if k != "measured"} == fingerprint:
+        report.skipped = True
+        _set_measured(report, recorded.get("measured", {}))
+        return report
 
     dest.mkdir(parents=True, exist_ok=True)
-    # Longest first keeps the pool busy until the end.
-    jobs.sort(key=lambda job: -job[0].duration * job[0].fps)
-    with ProcessPoolExecutor(max_workers=max(1, min(cfg.workers, len(jobs)))) as pool:
-        for spec in pool.map(_render, jobs):
-            if on_video_done is not None:
-                on_video_done(str(spec.path))
+    render_videos(videos, cfg.workers, on_video_done)
     _write_ego4d_metadata(cfg, dest, ego_rows)
     _write_ek100_metadata(dest, ek_rows)
-    atomic_write_text(marker, json.dumps(fingerprint, indent=2))
-    return SampleReport(dest, [str(s.path) for s, _ in jobs], seconds, narrations, skipped=False)
+    measured = measure_chunk_bitrate([spec for spec, _ in videos])
+    _set_measured(report, measured)
+    atomic_write_text(marker, json.dumps({**fingerprint, "measured": measured}, indent=2))
+    return report
 
 
-def _render(job: tuple[VideoSpec, Script]) -> VideoSpec:
-    spec, script = job
-    render_video(spec, script)
-    return spec
+def _set_measured(report: SampleReport, measured: dict) -> None:
+    report.chunk_bitrate = measured.get("chunk_bitrate")
+    report.trial_seconds = measured.get("trial_seconds", 0.0)
+    report.bitrates = dict(measured.get("bitrates", {}))
+    report.trial_settings = measured.get("settings", "")
+
+
+def render_videos(
+    videos: list[tuple[VideoSpec, Script]],
+    workers: int,
+    on_video_done: Callable[[str], None] | None = None,
+    segment_seconds: float = SEGMENT_SECONDS,
+) -> None:
+    """Render every video, long ones as ``segment_seconds`` pieces on separate cores that are joined
+    as soon as all of a video's pieces are done."""
+    pieces: dict[Path, list[Path]] = {}
+    jobs = []
+    for spec, script in videos:
+        ranges = segments(spec, segment_seconds)
+        if len(ranges) == 1:
+            jobs.append((spec, script, None, spec.path))
+            continue
+        paths = [spec.path.with_name(f".{spec.path.name}.piece{k}.mp4") for k in range(len(ranges))]
+        pieces[spec.path] = paths
+        jobs += [(spec, script, r, p) for r, p in zip(ranges, paths, strict=True)]
+    # Longest first keeps the pool busy until the end.
+    jobs.sort(key=lambda job: -_job_cost(job))
+    left = {spec.path: len(pieces.get(spec.path, [spec.path])) for spec, _ in videos}
+    try:
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+            pending = {pool.submit(_render, job) for job in jobs}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    path = future.result()
+                    left[path] -= 1
+                    if left[path] == 0:
+                        if path in pieces:
+                            concat_videos(pieces[path], path)
+                        if on_video_done is not None:
+                            on_video_done(str(path))
+    finally:
+        # Pieces are hidden files (chunking skips them), removed once joined or when a render fails.
+        for paths in pieces.values():
+            for piece in paths:
+                piece.unlink(missing_ok=True)
+
+
+def _job_cost(job: tuple) -> float:
+    spec, _, frames, _ = job
+    first, last = frames or (0, spec.frames)
+    return (last - first) * spec.width * spec.height
+
+
+def _render(job: tuple[VideoSpec, Script, tuple[int, int] | None, Path]) -> Path:
+    spec, script, frames, path = job
+    render_video(spec, script, frames, path)
+    return spec.path
+
+
+def measure_chunk_bitrate(specs: list[VideoSpec], seconds: float = TRIAL_SECONDS) -> dict:
+    """Trial-encode ``seconds`` of one video of each kind (size and rate) as `avtool chunk` would with
+    its defaults (288p, crf 23, medium, 1-s keyframes): the chunks' bitrate without chunking. The
+    mean weights each kind by its seconds of footage."""
+    kinds: dict[str, list[VideoSpec]] = {}
+    for spec in specs:
+        kinds.setdefault(f"{spec.width}x{spec.height}@{spec.fps}", []).append(spec)
+    rates, trial, settings = {}, 0.0, EncodeSettings()
+    with tempfile.TemporaryDirectory(prefix="avtool-sample-trial-") as scratch:
+        for kind, members in kinds.items():
+            longest = max(members, key=lambda s: s.duration)
+            rates[kind] = trial_bitrate(probe_video(longest.path), settings, Path(scratch), seconds)
+            trial += min(seconds, longest.duration)
+    weight = {kind: sum(s.duration for s in members) for kind, members in kinds.items()}
+    mean = sum(rates[k] * weight[k] for k in rates) / sum(weight.values())
+    return {
+        "chunk_bitrate": round(mean),
+        "trial_seconds": trial,
+        "bitrates": {k: round(v) for k, v in rates.items()},
+        "settings": f"{settings.short_side}p chunks at crf {settings.crf}, {settings.preset}",
+    }
 
 
 def _fingerprint(cfg: SampleConfig) -> dict:
-    fields = asdict(cfg)
-    fields.pop("dest")
-    fields.pop("workers")
-    return {"format": 1, **json.loads(json.dumps(fields))}
+    """What the sample's bytes depend on: the format, the seed and the resolved sizes."""
+    sizes = {"ego4d_durations": list(cfg.durations()), "ek100_videos": [list(v) for v in cfg.ek100_videos]}
+    return {"format": FORMAT, "seed": cfg.seed, **sizes}
 
 
 def _objects(rng: np.random.Generator) -> list[int]:
@@ -126,12 +278,15 @@ def _objects(rng: np.random.Generator) -> list[int]:
 def _plan_ego4d(cfg: SampleConfig, dest: Path) -> tuple[list, list[tuple]]:
     jobs, rows = [], []
     root = dest / "ego4d" / "v1" / "full_scale"
-    sizes = [(640, 360), (480, 360)]  # 16:9 and 4:3, as Ego4D's cameras record
-    for i, duration in enumerate(cfg.ego4d_durations):
+    # 16:9 and 4:3, as Ego4D's cameras record; the 4:3 scenes' busier table makes up for their
+    # fewer pixels, so that both kinds of chunks cost ~1 Mb/s.
+    sizes = [(640, 360, 1.0), (480, 360, 1.5)]
+    for i, duration in enumerate(cfg.durations()):
         rng = np.random.default_rng([cfg.seed, 1, i])
         uid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
-        width, height = sizes[i % len(sizes)]
-        spec = VideoSpec(root / f"{uid}.mp4", width, height, 30, duration, seed=int(rng.integers(2**31)))
+        width, height, texture = sizes[i % len(sizes)]
+        seed = int(rng.integers(2**31))
+        spec = VideoSpec(root / f"{uid}.mp4", width, height, 30, duration, seed=seed, texture=texture)
         script = plan_script(spec, _objects(rng), rng)
         jobs.append((spec, script))
         rows += [(uid, i, e) for e in script.events]
@@ -158,7 +313,7 @@ def _plan_ek100(cfg: SampleConfig, dest: Path) -> tuple[list, list[tuple]]:
 
 
 def _write_ego4d_metadata(cfg: SampleConfig, dest: Path, rows: list[tuple[str, int, Event]]) -> None:
-    held_out = len(cfg.ego4d_durations) - 1
+    held_out = len(cfg.durations()) - 1
     train = [(uid, e.start, e.end, e.narration()) for uid, i, e in rows if i != held_out or held_out == 0]
     val = [(uid, e.start, e.end, e.narration()) for uid, i, e in rows if i == held_out]
     rng = np.random.default_rng([cfg.seed, 3])
