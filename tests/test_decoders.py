@@ -42,8 +42,9 @@ def test_fused_and_decode_then_crop_agree_for_every_backend_and_access(chunk):
                 out, _ = decode(chunk, backend=backend, mode=mode, access=access)
                 assert out.shape == reference.shape and out.dtype == np.uint8
                 diff = np.abs(out.astype(int) - reference).mean()
-                # Same crop, different scaler (swscale in the decoder vs torch): a few grey levels at most.
-                assert diff < (0.01 if mode == "decode-then-crop" else 3.0), (backend, mode, access, diff)
+                # Same crop, different scaler (swscale in the decoder vs torch): a few grey levels on the sample's
+                # pixel-fine texture and noise (decord's scaler: up to 6); a crop off by a few pixels gives tens.
+                assert diff < (0.01 if mode == "decode-then-crop" else 8.0), (backend, mode, access, diff)
 
 
 def test_seek_gives_the_same_pixels_as_sequential_while_decoding_less(chunk):
