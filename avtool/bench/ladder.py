@@ -13,7 +13,6 @@ recorded as OOM and the next rung still adds its change, as the paper's B=256 ba
 from __future__ import annotations
 
 import dataclasses
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,15 @@ from typing import Any, Literal
 import torch
 
 from avtool.bench.inputs import BenchInputs, prepare_chunks, prepare_sources
-from avtool.bench.loop import TimedCollate, TimedDataset, Timing, close_loader, read_limit_option, time_training
-from avtool.data.loader import set_epoch
+from avtool.bench.loop import (
+    Timing,
+    close_loader,
+    read_limit_option,
+    release_memory,
+    time_training,
+    timed_loader,
+    timing_problems,
+)
 from avtool.model_options import AttnImpl
 from avtool.models.attention import check_attn_impl
 from avtool.options import build, option, to_jsonable
@@ -39,7 +45,7 @@ from avtool.train.config import (
     workers_option,
 )
 from avtool.train.distributed import DistEnv, resolve_device
-from avtool.train.engine import build_loader, build_training, flush_denormals
+from avtool.train.engine import build_training, flush_denormals
 from avtool.train.lavila import LavilaConfig, LavilaJob
 from avtool.train.model_config import ModelConfig
 from avtool.train.model_factory import dual_encoder_config
@@ -141,14 +147,11 @@ class LadderConfig:
             out.append(f"unknown row(s) {', '.join(unknown)}: the rows are {', '.join(RUNG_NAMES)}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             out.append("batch sizes must be at least 1")
-        if self.seconds <= 0 or self.warmup_steps < 0 or self.min_steps < 1:
-            out.append("seconds must be positive, warmup_steps at least 0 and min_steps at least 1")
+        out += timing_problems(self.seconds, self.warmup_steps, self.min_steps, self.read_limit)
         if self.workers < 0:
             out.append(f"workers={self.workers} must be 0 or more")
         if "hybrid-nvdec" in self.rows and not 1 <= self.hybrid_nvdec_workers <= max(self.workers, 1):
             out.append(f"hybrid_nvdec_workers={self.hybrid_nvdec_workers} is not in 1..--workers ({self.workers})")
-        if self.read_limit is not None and self.read_limit <= 0:
-            out.append(f"read_limit={self.read_limit} must be positive")
         if problem := check_attn_impl(self.best_attn, on_cuda=self.device != "cpu" and torch.cuda.is_available()):
             out.append(f"best_attn: {problem}")
         return out
@@ -258,9 +261,8 @@ def _run_row(cfg: LadderConfig, row_cfg: LavilaConfig, env: DistEnv, base: dict[
     loader = training = None
     try:
         training = build_training(job, row_cfg.run, row_cfg.optim, env)
-        dataset = TimedDataset(job.train_dataset(), _bytes_per_s(cfg.read_limit), cfg.drop_page_cache)
-        loader = build_loader(job, row_cfg.run, env, dataset=dataset, collate_fn=TimedCollate(job.collate()))
-        set_epoch(loader, 0, until=1_000_000)  # one pass that runs on across epochs, as training's does
+        dataset, loader = timed_loader(job, row_cfg.run, env, read_limit_mb_per_s=cfg.read_limit,
+                                       drop_page_cache=cfg.drop_page_cache)  # fmt: skip
         timing = time_training(
             job, training, iter(loader), env, warmup_steps=cfg.warmup_steps, seconds=cfg.seconds,
             min_steps=cfg.min_steps, workers=row_cfg.run.workers,
@@ -276,10 +278,4 @@ def _run_row(cfg: LadderConfig, row_cfg: LavilaConfig, env: DistEnv, base: dict[
         if loader is not None:
             close_loader(loader)
         del loader, training, job
-        gc.collect()
-        if env.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def _bytes_per_s(mb_per_s: float | None) -> float | None:
-    return None if mb_per_s is None else mb_per_s * 1e6
+        release_memory(env.device)

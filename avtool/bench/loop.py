@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 
 from avtool.bench.procstat import Usage, UsageMeter, own_read_bytes
 from avtool.data.base import ClipDataset
-from avtool.data.loader import Loader
+from avtool.data.loader import Loader, set_epoch
 from avtool.options import option
+from avtool.train.config import RunConfig
 from avtool.train.distributed import DistEnv
-from avtool.train.engine import Job, Training, train_one_step
+from avtool.train.engine import Job, Training, build_loader, train_one_step
 
 LOAD_SECONDS = "load_seconds"
 """Key of a sample's (and a batch's) worker seconds."""
@@ -48,6 +49,16 @@ def read_limit_option() -> Any:
         help="Cap the loader's reads at this rate, all workers together (a planted IO bottleneck, or a slower "
         "volume than this one).",
     )  # fmt: skip
+
+
+def timing_problems(seconds: float, warmup_steps: int, min_steps: int, read_limit: float | None) -> list[str]:
+    """What is wrong with a bench's timing settings (shared by the ladder and the pipeline)."""
+    out = []
+    if seconds <= 0 or warmup_steps < 0 or min_steps < 1:
+        out.append("seconds must be positive, warmup_steps at least 0 and min_steps at least 1")
+    if read_limit is not None and read_limit <= 0:
+        out.append(f"read_limit={read_limit} must be positive")
+    return out
 
 
 class TimedDataset(Dataset):
@@ -275,6 +286,25 @@ def time_loader(loader: DataLoader, *, seconds: float, rounds: int = 2) -> Timin
         del batches
         close_loader(loader)
         gc.collect()
+
+
+def timed_loader(
+    job: Job, run: RunConfig, env: DistEnv, *, read_limit_mb_per_s: float | None, drop_page_cache: bool
+) -> tuple[TimedDataset, DataLoader]:
+    """The job's own loader over its training set, each sample carrying its worker seconds (``TimedDataset``),
+    reads capped at ``read_limit_mb_per_s`` (all workers together) when given."""
+    limit = None if read_limit_mb_per_s is None else read_limit_mb_per_s * 1e6
+    dataset = TimedDataset(job.train_dataset(), limit, drop_page_cache)
+    loader = build_loader(job, run, env, dataset=dataset, collate_fn=TimedCollate(job.collate()))
+    set_epoch(loader, 0, until=1_000_000)  # one pass that runs on across epochs, as training's does
+    return dataset, loader
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what a finished measurement held (its model, optimiser and batches) before the next one builds."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def close_loader(loader: DataLoader) -> None:

@@ -18,7 +18,6 @@ the three at each g, by how much, and the remedies measured here, best first.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import itertools
 import math
 import os
@@ -33,16 +32,16 @@ from avtool.bench.inputs import CHUNK_SETS, BenchInputs, prepare_chunks, prepare
 from avtool.bench.ladder import job_config, recipe_default, rungs
 from avtool.bench.loop import (
     LOAD_SECONDS,
-    TimedCollate,
-    TimedDataset,
     Timing,
     close_loader,
     read_limit_option,
+    release_memory,
     time_loader,
     time_resident,
     time_training,
+    timed_loader,
+    timing_problems,
 )
-from avtool.data.loader import set_epoch
 from avtool.options import option, to_jsonable
 from avtool.readspeed import measure_random_chunk_reads
 from avtool.train.config import (
@@ -57,7 +56,7 @@ from avtool.train.config import (
     workers_option,
 )
 from avtool.train.distributed import DistEnv, resolve_device
-from avtool.train.engine import build_loader, build_training, flush_denormals
+from avtool.train.engine import build_training, flush_denormals
 from avtool.train.lavila import LavilaConfig, LavilaJob
 from avtool.train.model_config import ModelConfig
 from avtool.video.decode import DecoderConfig
@@ -114,11 +113,7 @@ class PipelineConfig:
             out.append("--gpus must be at least 1")
         if self.cores < 1 or self.batch_size < 1 or self.loader_batch < 1 or self.workers < 0:
             out.append("cores, batch size and loader batch must be at least 1, workers 0 or more")
-        if self.seconds <= 0 or self.warmup_steps < 0 or self.min_steps < 1:
-            out.append("seconds must be positive, warmup_steps at least 0 and min_steps at least 1")
-        if self.read_limit is not None and self.read_limit <= 0:
-            out.append(f"read_limit={self.read_limit} must be positive")
-        return out
+        return out + timing_problems(self.seconds, self.warmup_steps, self.min_steps, self.read_limit)
 
 
 @dataclass(frozen=True)
@@ -337,10 +332,8 @@ def _job_parts(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv, workers
     by --read-limit (only end to end: the CPU side is measured without the cap, the IO side with it)."""
     run = dataclasses.replace(row_cfg.run, workers=workers, batch_size=batch_size)
     job = LavilaJob(dataclasses.replace(row_cfg, run=run))
-    limit = cfg.read_limit * 1e6 if cfg.read_limit and limited else None
-    dataset = TimedDataset(job.train_dataset(), limit, cfg.drop_page_cache)
-    loader = build_loader(job, run, env, dataset=dataset, collate_fn=TimedCollate(job.collate()))
-    set_epoch(loader, 0, until=1_000_000)
+    _, loader = timed_loader(job, run, env, read_limit_mb_per_s=cfg.read_limit if limited else None,
+                             drop_page_cache=cfg.drop_page_cache)  # fmt: skip
     return job, run, loader
 
 
@@ -359,7 +352,8 @@ def _gpu_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv) ->
                              min_steps=cfg.min_steps)  # fmt: skip
     finally:
         close_loader(loader)
-        _release(env, training)
+        del training
+        release_memory(env.device)
 
 
 def _gather(loader: Any, batches: int, size: int) -> dict[str, Any]:
@@ -384,11 +378,5 @@ def _actual_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv)
                              min_steps=cfg.min_steps, workers=run.workers)  # fmt: skip
     finally:
         close_loader(loader)
-        _release(env, training)
-
-
-def _release(env: DistEnv, training: Any) -> None:
-    del training
-    gc.collect()
-    if env.device.type == "cuda":
-        torch.cuda.empty_cache()
+        del training
+        release_memory(env.device)
