@@ -20,7 +20,7 @@ import torch
 
 from avtool.bench import ladder as ladder_module
 from avtool.bench.inputs import BenchInputs
-from avtool.bench.ladder import LadderConfig, run_ladder
+from avtool.bench.ladder import RUNG_NAMES, LadderConfig, ladder_plan, run_ladder
 from avtool.bench.pipeline import PipelineConfig, PipelineRow, bound_of, run_pipeline, verdict
 from avtool.prep.encode import EncodeSettings
 from avtool.train.model_config import ModelConfig
@@ -58,8 +58,9 @@ def _tiny_model(**changes) -> ModelConfig:
 
 
 def test_ladder_rows_are_cumulative_with_every_column_and_config(bench_inputs, tmp_path):
-    cfg = LadderConfig(inputs=bench_inputs, rows=("baseline", "chunks-15s", "fused-decodecrop"), batch_sizes=(4,),
-                       model=_tiny_model(), best_attn="sdpa", output_dir=tmp_path, **TINY_RUN)  # fmt: skip
+    cfg = LadderConfig(inputs=bench_inputs, rows=("baseline", "chunks-15s", "fused-decodecrop"),
+                       without=("mem-eff-attn",), batch_sizes=(4,), model=_tiny_model(), best_attn="sdpa",
+                       output_dir=tmp_path, **TINY_RUN)  # fmt: skip
     result = run_ladder(cfg)
     assert [r.row for r in result.rows] == ["baseline", "chunks-15s", "fused-decodecrop"]
     assert [r.status for r in result.rows] == ["ok"] * 3
@@ -72,8 +73,8 @@ def test_ladder_rows_are_cumulative_with_every_column_and_config(bench_inputs, t
         assert 0 < row.cpu_utilisation <= 1
         assert row.read_mb_per_s > 0  # the workers really read chunk files
         assert row.cache.startswith("dropped")
-    # Each row's full job configuration: the baseline's, plus the changes of the rows run below it; the
-    # memory-efficient attention row was left out, so its change is not there.
+    # Each row's full job configuration: the baseline's, plus the changes of the rows below it; the
+    # memory-efficient attention change was left out (--without), so it is not there.
     base, shorter, fused = result.configs
     assert base["model"]["attn"] == "math" and base["decoder"]["mode"] == "decode-then-crop"
     assert base["decoder"]["access"] == "sequential" and base["root"].endswith("300s-96p")
@@ -81,6 +82,28 @@ def test_ladder_rows_are_cumulative_with_every_column_and_config(bench_inputs, t
     assert fused["model"]["attn"] == "math" and fused["decoder"]["mode"] == "fused"
     assert fused["decoder"]["access"] == "sequential" and fused["root"].endswith("15s-96p")
     assert fused["run"]["batch_size"] == 4
+
+
+def test_ladder_rows_not_timed_still_apply_their_changes_and_without_leaves_them_out():
+    def top(**changes) -> dict:
+        batch_size, rung, chunks, values = ladder_plan(LadderConfig(rows=("hybrid-nvdec",), **changes))[-1]
+        assert rung.name == "hybrid-nvdec" and chunks == "15s-1s-keys-fastdecode"
+        return values
+
+    full = top()
+    assert full[("model", "attn")] == "cudnn" and full[("decoder", "mode")] == "fused"
+    assert full[("decoder", "access")] == "seek" and full[("model", "grad_checkpointing")] is False
+    assert full[("run", "compile")] is True and full[("model", "fused_mlp")] is True
+    assert full[("decoder", "nvdec_workers")] == 2
+    assert ("model", "fused_mlp") not in top(without=("fused-mlp",))
+    assert top(without=("best-attn",))[("model", "attn")] == "sdpa"  # the memory-efficient attention row's
+    plans = ladder_plan(LadderConfig(rows=("baseline", "compile"), batch_sizes=(64, 256)))
+    assert [(b, r.name) for b, r, _, _ in plans] == [(64, "baseline"), (64, "compile"), (256, "baseline"),
+                                                      (256, "compile")]  # fmt: skip
+    assert LadderConfig(rows=("compile",), without=("compile", "nope")).problems()[:2] == [
+        "unknown row(s) nope: the rows are " + ", ".join(RUNG_NAMES),
+        "row(s) compile both timed (--rows) and left out (--without)",
+    ]
 
 
 def test_ladder_records_out_of_memory_and_goes_on(bench_inputs, tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ the paper: the LaViLa baseline (math attention, 5-minute chunks with x264's own 
 decoded from the chunk start and then cropped), + memory-efficient attention, + 15-s chunks, + Fused
 DecodeCrop; then avtool's rungs, each one change: 1-s keyframes with seeking, no checkpointing, the best
 attention kernel, torch.compile, the fused MLP, fast-decode chunks. A row that runs out of memory is
-recorded as OOM and the next rung still adds its change, as the paper's B=256 baseline row does.
+recorded as OOM and the next rung still adds its change, as the paper's B=256 baseline row does. ``--rows``
+picks the rows to time (the changes of the rows below still apply), ``--without`` the changes to leave out.
 """
 
 from __future__ import annotations
@@ -105,8 +106,13 @@ class LadderConfig:
     job: JobName = option("lavila", panel="Model", help="The training job whose step is timed (videomae: to come).")
     rows: tuple[str, ...] = option(
         RUNG_NAMES, flags="--rows", panel="Run", metavar="NAME,...", show_default="all",
-        help=f"Rows to run, by name: {', '.join(RUNG_NAMES)}. Each row adds its change to the rows run below it; "
-        "a row left out adds nothing (the baseline's settings hold until a row changes them).",
+        help=f"Rows to time, by name: {', '.join(RUNG_NAMES)}. Each row has the changes of every row below it, "
+        "timed or not (see --without).",
+    )  # fmt: skip
+    without: tuple[str, ...] = option(
+        (), panel="Run", metavar="NAME,...", show_default="none",
+        help="Changes left out of the ladder altogether, by row name (fused-mlp where quack is missing, say): "
+        "the rows above them are measured without them.",
     )  # fmt: skip
     batch_sizes: tuple[int, ...] = option(
         (64, 256), flags="--batch-size", panel="Optimisation", unit="clips",
@@ -134,17 +140,18 @@ class LadderConfig:
     output_dir: Path = output_option("results", "ladder.csv and ladder.json (every row's full configuration)")
     name: str = option("ladder", panel="Output", help="Base name of the result files.")
 
-    def selected(self) -> list[Rung]:
-        return [r for r in self.rungs() if r.name in self.rows]
-
     def rungs(self) -> tuple[Rung, ...]:
         return rungs(self.best_attn, self.hybrid_nvdec_workers)
 
     def problems(self) -> list[str]:
         out = self.inputs.problems() + self.model.problems()
-        unknown = sorted(set(self.rows) - set(RUNG_NAMES))
+        unknown = sorted((set(self.rows) | set(self.without)) - set(RUNG_NAMES))
         if unknown:
             out.append(f"unknown row(s) {', '.join(unknown)}: the rows are {', '.join(RUNG_NAMES)}")
+        if both := sorted(set(self.rows) & set(self.without)):
+            out.append(f"row(s) {', '.join(both)} both timed (--rows) and left out (--without)")
+        if "baseline" in self.without:
+            out.append("the baseline cannot be left out: every other row is a change to it")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             out.append("batch sizes must be at least 1")
         out += timing_problems(self.seconds, self.warmup_steps, self.min_steps, self.read_limit)
@@ -216,6 +223,26 @@ def job_config(values: dict[tuple[str, ...], Any], root: Path, metadata: Path, m
     return build(LavilaConfig, values, default=LavilaConfig(root=root, metadata=metadata, model=model, run=run))
 
 
+PlannedRow = tuple[int, Rung, str, dict[tuple[str, ...], Any]]
+"""(batch size, rung, chunk set, the settings of the job's config it runs with, by path)."""
+
+
+def ladder_plan(cfg: LadderConfig) -> list[PlannedRow]:
+    """The rows to time: each with the changes of every rung below it, timed or not, except --without's."""
+    plans: list[PlannedRow] = []
+    for batch_size in cfg.batch_sizes:
+        values: dict[tuple[str, ...], Any] = {}
+        chunks = "300s"
+        for rung in cfg.rungs():
+            if rung.name in cfg.without:
+                continue
+            values = {**values, **rung.values}
+            chunks = rung.chunks or chunks
+            if rung.name in cfg.rows:
+                plans.append((batch_size, rung, chunks, values))
+    return plans
+
+
 def _run_settings(cfg: LadderConfig, batch_size: int) -> RunConfig:
     return RunConfig(output_dir=Path(cfg.output_dir) / cfg.name, batch_size=batch_size, workers=cfg.workers,
                      precision=cfg.precision, device=cfg.device, seed=cfg.seed)  # fmt: skip
@@ -227,15 +254,7 @@ def run_ladder(cfg: LadderConfig, report: Callable[[str], None] = lambda line: N
     raise_problems("bench ladder", cfg.problems())
     flush_denormals(resolve_device(cfg.device))
     videos, metadata = prepare_sources(cfg.inputs, report)
-    plans: list[tuple[int, Rung, str, dict[tuple[str, ...], Any]]] = []
-    for batch_size in cfg.batch_sizes:
-        # The baseline's settings hold until a row changes them, whether or not the baseline row runs.
-        baseline = cfg.rungs()[0]
-        values, chunks = dict(baseline.values), baseline.chunks or "300s"
-        for rung in cfg.selected():
-            values = {**values, **rung.values}
-            chunks = rung.chunks or chunks
-            plans.append((batch_size, rung, chunks, values))
+    plans = ladder_plan(cfg)
     roots = {name: prepare_chunks(cfg.inputs, videos, name, report) for name in dict.fromkeys(p[2] for p in plans)}
     configs = [job_config(values, roots[chunks], metadata, cfg.model, _run_settings(cfg, b))
                for b, _, chunks, values in plans]  # fmt: skip
