@@ -126,7 +126,8 @@ def test_ladder_records_out_of_memory_and_goes_on(bench_inputs, tmp_path, monkey
 
 def _pipeline(inputs: BenchInputs, tmp_path: Path, **changes) -> PipelineConfig:
     settings = dict(inputs=inputs, model=_tiny_model(), batch_size=8, loader_batch=4, gpus=(1, 2), cores=2,
-                    reference=False, remedies=False, output_dir=tmp_path, **TINY_RUN)  # fmt: skip
+                    reference=False, remedies=False, output_dir=tmp_path,
+                    **{k: v for k, v in TINY_RUN.items() if k != "workers"})  # fmt: skip
     return PipelineConfig(**{**settings, **changes})
 
 

@@ -304,7 +304,7 @@ def _tiny_end_to_end(batches: dict[tuple[str, ...], object]) -> dict[tuple[str, 
     """What --tiny sets in the ladder and the pipeline (both start from the job's recipe)."""
     return {
         ("inputs", "sample_preset"): "demo", ("inputs", "encode", "short_side"): 96, ("model", "name"): "tiny",
-        ("seconds",): 1.0, ("warmup_steps",): 3, ("min_steps",): 2, ("workers",): 1, **batches,
+        ("seconds",): 1.0, ("warmup_steps",): 3, ("min_steps",): 2, **batches,
     }  # fmt: skip
 
 
@@ -364,7 +364,9 @@ def _run_ladder(cfg: LadderConfig) -> None:
 def _ladder(app: typer.Typer) -> None:
     from avtool.bench.ladder import LadderConfig
 
-    tiny = _tiny_end_to_end({("batch_sizes",): (4, 8), ("best_attn",): "sdpa", ("hybrid_nvdec_workers",): 1})
+    tiny = _tiny_end_to_end(
+        {("batch_sizes",): (4, 8), ("best_attn",): "sdpa", ("hybrid_nvdec_workers",): 1, ("workers",): 1}
+    )
     config_command(
         app,
         "ladder",
@@ -407,7 +409,7 @@ def _run_pipeline(cfg: PipelineConfig) -> None:
         )  # fmt: skip
     console.print(table)
     if any(r.emulated for r in result.rows):
-        console.print("* emulated: g × one GPU's step, and the loader on cores/g workers", highlight=False)
+        console.print("* emulated: g × one GPU's step, and g loaders of cores/g − 1 workers", highlight=False)
     console.print("[bold]verdict[/]", highlight=False)
     for line in result.verdict:
         console.print(line, highlight=False, markup=False)
