@@ -53,3 +53,26 @@ def test_unreadable_checkpoint_is_a_one_line_error(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(AvtoolError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+class _RunsACommand:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_checkpoint_runs_nothing_and_is_refused(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "checkpoint_step00000001.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "payload": _RunsACommand(marker)}, path)
+    with pytest.raises(AvtoolError, match=r"refused to load this checkpoint: .*\((posix|os|nt)\.system\); nothing"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    for damaged in (b"truncated", path.read_bytes()[:100], b"PK\x03\x04" + bytes(50)):
+        path.write_bytes(damaged)
+        with pytest.raises(AvtoolError, match="not a readable checkpoint"):
+            load_checkpoint(path)

@@ -22,6 +22,7 @@ from avtool.data import (
     parse_timestamp,
     set_epoch,
 )
+from avtool.data.safe_pickle import read_pickle
 from avtool.errors import AvtoolError
 
 pytest_plugins = ("tests.clip_fixtures",)
@@ -115,6 +116,9 @@ def test_kinetics_list_over_chunk_folders_and_plain_files(small_sample, chunked_
     assert first["video"].shape == second["video"].shape == (16, 64, 64, 3)
     segments = KineticsList(KineticsConfig(lines, ClipConfig(tmp_path, num_frames=4, train=False)))
     assert segments[1]["video"].shape == (4, 224, 224, 3)  # 9999 in the list, 480 frames in fact: clamped
+    lines.write_text("raw/clip one.mp4 300 3\n../raw/clip one.mp4 300 3\n/etc/passwd 300 1\n")
+    with pytest.raises(AvtoolError, match=r"2 problem\(s\): line 2: video ../raw/clip one.mp4: leaves the chunk root"):
+        KineticsList(KineticsConfig(lines, ClipConfig(tmp_path, num_frames=16, size=64)))
 
 
 def test_bad_ek100_metadata_lists_every_problem(small_sample, chunked_sample, tmp_path):
@@ -170,6 +174,64 @@ def test_bad_ego4d_rows_are_listed(chunked_sample, tmp_path):
     (tmp_path / "not.pkl").write_bytes(b"not a pickle")
     with pytest.raises(AvtoolError, match="not.pkl: not a readable pickle"):
         Ego4DNarrations(Ego4DConfig(tmp_path / "not.pkl", config.clips))
+
+
+class _RunsACommand:
+    """A pickled object whose unpickling would run a shell command (the classic pickle payload)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_planted_pickles_run_nothing_and_are_refused_by_name(chunked_sample, tmp_path):
+    uid = next(p.name[:-4] for p in (chunked_sample / "ego4d/v1/full_scale").iterdir())
+    marker = tmp_path / "ran"
+    clips = ClipConfig(chunked_sample / "ego4d/v1/full_scale")
+    planted = {
+        "row.pkl": [(uid, 1.0, 2.0, "ok"), (uid, 1.0, 2.0, _RunsACommand(marker))],
+        "whole.pkl": _RunsACommand(marker),
+        "eval.pkl": [(uid, 1.0, 2.0, "ok")] + [type("E", (), {"__reduce__": lambda self: (eval, ("1",))})()],
+    }
+    for name, payload in planted.items():
+        (tmp_path / name).write_bytes(pickle.dumps(payload))
+        with pytest.raises(AvtoolError, match=rf"{name}: refused to load this metadata pickle: it names "
+                           r"(posix|nt|os)\.system|builtins\.eval") as error:  # fmt: skip
+            Ego4DNarrations(Ego4DConfig(tmp_path / name, clips))
+        assert "nothing in it was run" in str(error.value) and "\n" not in str(error.value)
+    assert not marker.exists()
+    relevancy = tmp_path / "relevancy.pkl"
+    relevancy.write_bytes(pickle.dumps(np.array([_RunsACommand(marker)], dtype=object)))
+    with pytest.raises(AvtoolError, match="relevancy.pkl: refused to load this relevancy pickle"):
+        read_pickle(relevancy, "relevancy")
+    assert not marker.exists()
+    # What the formats hold still loads: rows of plain values and NumPy arrays of numbers (any protocol).
+    matrix = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        relevancy.write_bytes(pickle.dumps({"m": matrix, "rows": [(uid, 1.0, 2, None)]}, protocol=protocol))
+        loaded = read_pickle(relevancy, "relevancy")
+        np.testing.assert_array_equal(loaded["m"], matrix)
+        assert loaded["rows"] == [(uid, 1.0, 2, None)]
+
+
+def test_video_names_that_leave_the_root_are_listed_before_the_run(chunked_sample, tmp_path):
+    root = chunked_sample / "ego4d/v1/full_scale"
+    uid = next(p.name[:-4] for p in root.iterdir())
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(root / f"{uid}.mp4", outside / f"{uid}.mp4")  # real chunks, outside the root
+    rows = [(uid, 1.0, 2.0, "ok"), (str(outside / uid), 1.0, 2.0, "absolute"),
+            (f"../../{outside.name}/{uid}", 1.0, 2.0, "climbs"), ("/etc/passwd", 1.0, 2.0, "system file")]  # fmt: skip
+    (tmp_path / "paths.pkl").write_bytes(pickle.dumps(rows))
+    with pytest.raises(AvtoolError) as error:
+        Ego4DNarrations(Ego4DConfig(tmp_path / "paths.pkl", ClipConfig(root)))
+    message = str(error.value)
+    assert "3 problem(s)" in message, message
+    assert message.count("an absolute path (video names are relative to the chunk root)") == 2
+    assert "leaves the chunk root (..)" in message
 
 
 def test_a_chunk_deleted_after_loading_fails_with_its_name(small_sample, chunked_sample, tmp_path):

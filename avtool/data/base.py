@@ -8,7 +8,6 @@ many workers there are. The epoch reaches the workers inside the index (``EpochS
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,14 +135,3 @@ def resolve_video(index: ChunkIndex, candidates: list[str]) -> str:
 
 def _strip_root(message: str, root: Path) -> str:
     return message.replace(f"{root}/", "")
-
-
-def read_pickle(path: Path, kind: str) -> object:
-    """Unpickle a metadata file; a missing or unreadable one is a one-line error naming ``kind``."""
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except FileNotFoundError:
-        raise AvtoolError(f"{path}: no such {kind} file") from None
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as e:
-        raise AvtoolError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from avtool.data.base import ClipConfig, ClipDataset, read_pickle, resolve_video, split_key
+from avtool.data.base import ClipConfig, ClipDataset, resolve_video, split_key
 from avtool.data.problems import Problems
+from avtool.data.safe_pickle import read_pickle
 from avtool.data.strings import StringTable
 from avtool.errors import AvtoolError
 from avtool.options import option

@@ -11,7 +11,7 @@ import numpy as np
 from avtool.data.base import ClipConfig, ClipDataset, split_key
 from avtool.data.problems import Problems
 from avtool.errors import AvtoolError
-from avtool.video.clips import segment_frame_ids, stride_frame_ids
+from avtool.video.clips import key_problem, segment_frame_ids, stride_frame_ids
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,9 @@ class KineticsList(ClipDataset):
             key, count, label = parts[0], int(parts[1]), int(parts[2])
             if count < 1 or label < 0:
                 problems.add(f"line {number}: num_frames must be positive and label non-negative, got {count}, {label}")
+                continue
+            if (problem := key_problem(key)) is not None:
+                problems.add(f"line {number}: video {key}: {problem}")
                 continue
             if key not in self.index:
                 problems.add(f"line {number}: video {key} not found under {config.clips.root}")

@@ -20,8 +20,12 @@ _STEP_FILE = re.compile(r"^checkpoint_step(\d+)\.pt$")
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a training step draws from."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator a training step draws from, in types ``weights_only`` loading admits (NumPy's
+    key array as a tensor)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -29,7 +33,9 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))  # fmt: skip
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -65,11 +71,24 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents. Checkpoints are untrusted input (shared, downloaded): loaded with
+    ``weights_only``, which builds tensors and plain containers and calls nothing a file names, so avtool's
+    checkpoints hold only those (configs as JSON text and dicts)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise AvtoolError(f"{path}: no such checkpoint") from None
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+    except IsADirectoryError:
+        raise AvtoolError(f"{path}: a folder, not a checkpoint") from None
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            refused = re.search(r"(?:GLOBAL|global:?) ([\w.]+)", str(e))
+            name = f" ({refused.group(1)})" if refused else ""
+            raise AvtoolError(f"{path}: refused to load this checkpoint: it names code or types beyond tensors and "
+                              f"plain containers{name}; nothing in it was run") from None  # fmt: skip
+        raise AvtoolError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except (RuntimeError, EOFError, OSError, IndexError, KeyError, ValueError, TypeError, AttributeError) as e:
+        # A damaged file fails wherever its bytes stop making sense: any of these, from zipfile or the unpickler.
         raise AvtoolError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import av
 import numpy as np
@@ -178,6 +178,8 @@ class ChunkIndex:
         self._videos: dict[str, ChunkedVideo] = {}
 
     def __contains__(self, key: str) -> bool:
+        if key_problem(key) is not None:
+            return False
         in_manifest = self._manifest is not None and key in self._manifest.spans
         return key in self._videos or in_manifest or (self.root / key).exists()
 
@@ -185,6 +187,8 @@ class ChunkIndex:
         """The video ``key`` (a path relative to the root). Raises AvtoolError naming what is missing."""
         video = self._videos.get(key)
         if video is None:
+            if (problem := key_problem(key)) is not None:
+                raise AvtoolError(f"video {key!r}: {problem}")
             video = self._manifest.video(key) if self._manifest is not None else None
             if video is None:
                 video = _from_files(self.root, key)
@@ -215,6 +219,19 @@ class ChunkIndex:
         keys = list(dict.fromkeys(keys))
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             return dict(zip(keys, pool.map(one, keys), strict=True))
+
+
+def key_problem(key: str) -> str | None:
+    """Why a video key from metadata cannot name a folder under the root, or None: keys are untrusted, and
+    an absolute one or one that climbs with ``..`` would read files elsewhere."""
+    if not isinstance(key, str) or not key or "\x00" in key:
+        return "not a video name"
+    path = PurePosixPath(key.replace("\\", "/"))
+    if path.is_absolute() or PureWindowsPath(key).drive:
+        return "an absolute path (video names are relative to the chunk root)"
+    if ".." in path.parts:
+        return "leaves the chunk root (..)"
+    return None
 
 
 def _find_manifest(root: Path) -> Path | None:
