@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -217,3 +219,21 @@ def test_model_config_takes_bench_models_step_options() -> None:
     assert cfg.video.low_precision_residual and cfg.text.low_precision_residual
     assert "needs compile" in " ".join(RunConfig(output_dir=Path("o"), compile_mode="max-autotune-gemm").problems())
     assert RunConfig(output_dir=Path("o"), compile=True, compile_mode="max-autotune-gemm").problems() == []
+
+
+def test_a_bad_validation_split_stops_the_run_before_its_first_step(small_sample, chunked_sample, tmp_path):
+    from avtool.train import cls
+
+    layout = _ek100(small_sample, chunked_sample)
+    annotations = tmp_path / "annotations"
+    shutil.copytree(layout.annotations, annotations)
+    validation = annotations / "EPIC_100_validation.csv"
+    table = pd.read_csv(validation)
+    table.loc[0, "video_id"], table.loc[0, "participant_id"] = "P09_99", "P09"  # a video not among the chunks
+    table.to_csv(validation, index=False)
+    out = tmp_path / "cls"
+    cfg = cls.CLSConfig(layout.root, annotations, model=TINY, run=RunConfig(output_dir=out, epochs=1, batch_size=2,
+                                                                            workers=0))  # fmt: skip
+    with pytest.raises(AvtoolError, match=r"EPIC_100_validation.csv: 1 problem\(s\): .*video P09/P09_99.MP4"):
+        cls.run(cfg)
+    assert not out.exists()  # nothing trained, nothing written

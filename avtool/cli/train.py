@@ -31,6 +31,7 @@ def _start(job: str, cfg: Any, launch: LaunchConfig) -> None:
     """Check the config here (one-line errors before any worker starts), then train here or in torchrun."""
     from avtool.train import cls, lavila, mir
     from avtool.train.config import raise_problems
+    from avtool.train.engine import check_datasets
     from avtool.train.launch import check_gpus
     from avtool.train.launch import launch as launch_workers
 
@@ -41,7 +42,7 @@ def _start(job: str, cfg: Any, launch: LaunchConfig) -> None:
         check_gpus(launch.nproc_per_node, cfg.run.device)
         # Loading the metadata here reports a bad file once, in one line, instead of once per worker.
         with console.status("checking the metadata ..."):
-            job_class(cfg).train_dataset()
+            check_datasets(job_class(cfg))
         console.print(
             f"launching {launch.nproc_per_node} process(es) per node on {launch.nnodes} node(s) with torchrun"
         )

@@ -58,6 +58,10 @@ class Job(Protocol):
 
     def train_dataset(self) -> Dataset: ...
 
+    def eval_dataset(self) -> Dataset | None:
+        """The validation set ``evaluate`` reads (None: none); built, and so checked, before the first step."""
+        ...
+
     def collate(self) -> Callable | None:
         """Runs in the loader's workers (tokenisation); None: torch's default collation."""
         ...
@@ -268,6 +272,7 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
     resume_from = _resume_path(run)
     torch.manual_seed(_step_seed(run.seed, 0, 0))  # the same initial weights on every rank
 
+    check_datasets(job)
     loader = build_loader(job, run, env)
     steps_per_epoch = len(loader) // run.accum_steps
     global_batch = run.batch_size * env.world_size * run.accum_steps
@@ -307,6 +312,19 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
         stop_at=min(total_steps, run.stop_after or total_steps), schedule=schedule, training=training,
         state=state, monitor=monitor,
     )  # fmt: skip
+
+
+def check_datasets(job: Job) -> None:
+    """Build every dataset the run will read, so that all their problems come in one error before anything
+    heavy starts: a bad validation split found at the first evaluation would cost an epoch."""
+    errors = []
+    for build in (job.train_dataset, job.eval_dataset):
+        try:
+            build()
+        except AvtoolError as e:
+            errors.append(str(e))
+    if errors:
+        raise AvtoolError("; ".join(errors))
 
 
 def _restore(path: Path, job: Job, model: nn.Module, optimizer, scaler) -> TrainState:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from rich.console import Console
 from torch import nn
-from torch.utils.data import Dataset
 
 from avtool.data import EK100MIR, ClipConfig, Ego4DConfig, Ego4DNarrations, EK100Layout
 from avtool.data.ek100 import ek100_annotations_option, ek100_root_option
@@ -93,6 +92,7 @@ class LavilaJob:
     def __init__(self, cfg: LavilaConfig) -> None:
         self.cfg = cfg
         self.model_cfg = dual_encoder_config(cfg.model)
+        self._train_set: Ego4DNarrations | None = None
         self._eval_set: EK100MIR | None = None
 
     def build_model(self) -> DualEncoder:
@@ -105,9 +105,12 @@ class LavilaJob:
             crop=CropPolicy(scale=self.cfg.crop_scale), decoder=self.cfg.decoder, seed=self.cfg.run.seed,
         )  # fmt: skip
 
-    def train_dataset(self) -> Dataset:
-        cfg = self.cfg
-        return Ego4DNarrations(Ego4DConfig(cfg.metadata, self._clips(cfg.root, True), tuple(cfg.metadata_aux)))
+    def train_dataset(self) -> Ego4DNarrations:
+        if self._train_set is None:
+            cfg = self.cfg
+            clips = self._clips(cfg.root, True)
+            self._train_set = Ego4DNarrations(Ego4DConfig(cfg.metadata, clips, tuple(cfg.metadata_aux)))
+        return self._train_set
 
     def collate(self) -> TokenizeCollate:
         return TokenizeCollate(self.model_cfg.text.context_length)

@@ -120,10 +120,13 @@ class MIRJob:
         positives = self.positives(clips, sentences).to(video.device)
         return max_margin_loss(video.float(), text.float(), self.cfg.margin, positives), {}
 
-    def evaluate(self, model: nn.Module, env: DistEnv) -> dict[str, float]:
+    def eval_dataset(self) -> EK100MIR:
         if self._eval_set is None:
             self._eval_set = EK100MIR(self.cfg.ek100.mir_config("test", self._clips(False), self.cfg.threshold))
-        metrics = evaluate_mir(model, self._eval_set, env, self.cfg.eval_batch_size, min(self.cfg.run.workers, 8))
+        return self._eval_set
+
+    def evaluate(self, model: nn.Module, env: DistEnv) -> dict[str, float]:
+        metrics = evaluate_mir(model, self.eval_dataset(), env, self.cfg.eval_batch_size, min(self.cfg.run.workers, 8))
         return {k: v for k, v in metrics.to_dict().items() if isinstance(v, float)}
 
 
