@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 
 def partial_name(path: Path) -> Path:
-    """The temporary sibling of ``path`` used while it is being written."""
-    return path.with_name(f".{path.name}.partial")
+    """A temporary sibling of ``path`` to write it under, unique to this call: two processes (or threads)
+    writing one file at once (``chunk --shard 0/2`` and ``1/2`` merging one manifest) must not share it."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -336,3 +336,18 @@ def test_quality_is_high_at_crf_18_lower_at_crf_40_and_lands_in_quality_json(tmp
     assert saved["overall"]["psnr_db"] == pytest.approx(good.psnr, abs=1e-3) and set(saved["videos"]) == {"v.mp4"}
     assert saved["settings"]["crf"] == 18
     assert "PSNR" in good.summary() and "1.0 s of 1 video(s)" in good.summary()
+
+
+def test_an_earlier_chunk_output_inside_src_is_skipped_with_a_note(tmp_path):
+    src = tmp_path / "src"
+    make_video(src / "a.mp4", 2)
+    chunk(src, tmp_path / "first")
+    shutil.move(tmp_path / "first", src / "old_chunks")  # a previous DST, later moved under SRC
+    plan = plan_chunking(ChunkConfig(src=src, dst=tmp_path / "dst", encode=FAST))
+    assert [j.rel.as_posix() for j in plan.jobs] == ["a.mp4"]
+    assert plan.skipped_outputs == [src / "old_chunks"]
+    done = subprocess.run([*AVTOOL, "chunk", str(src), str(tmp_path / "dst"), "--plan"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())  # rich wraps long lines
+    assert "skipped" in said and "old_chunks: it is an earlier avtool chunk output" in said

@@ -163,6 +163,8 @@ def _print_plan(plan) -> None:
         f" {len(plan.failures)} unreadable",
         highlight=False,
     )
+    for folder in plan.skipped_outputs:
+        console.print(f"  note: skipped {folder}: it is an earlier avtool chunk output, not videos", highlight=False)
     predicted = f"  {plan.chunk_len}-s chunks: {plan.predicted_chunks} chunks"
     console.print(predicted + (f", about {_size(size)}" if size is not None else ""), highlight=False)
 

@@ -11,6 +11,7 @@ chunks with the source (PSNR, SSIM) and writes DST/quality.json.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import math
@@ -192,6 +193,8 @@ class ChunkPlan:
     chunk_len: int
     decode: DecodeBudget | None = None
     """The decode budget weighed against Eq. 3 (``--plan``)."""
+    skipped_outputs: list[Path] = field(default_factory=list)
+    """Folders under SRC that are earlier chunk output, left out of the inputs."""
 
     @property
     def seconds(self) -> float:
@@ -246,14 +249,29 @@ class ChunkReport:
 
 
 def find_videos(src: Path) -> list[Path]:
-    """Video files under ``src`` (or ``src`` itself), sorted, skipping hidden partial files."""
+    """Video files under ``src`` (or ``src`` itself), sorted, skipping hidden partial files and the folders
+    that are avtool chunk output (``avtool_outputs``)."""
     if not src.exists():
         raise AvtoolError(f"{src}: no such file or folder")
     if src.is_file():
         return [src]
-    return sorted(
-        p for p in src.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    found = []
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_chunk_output(Path(folder) / d))
+        found += [Path(folder) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS and f[0] != "."]
+    return sorted(p for p in found if p.is_file())
+
+
+def avtool_outputs(src: Path) -> list[Path]:
+    """Folders under ``src`` that an earlier `avtool chunk` wrote (they hold its settings file): their chunks
+    are outputs, not videos to chunk again."""
+    if not src.is_dir():
+        return []
+    return sorted(p.parent.parent for p in src.rglob(f"{STATE_DIR}/chunk_settings.json") if p.parent.parent != src)
+
+
+def _is_chunk_output(folder: Path) -> bool:
+    return _settings_path(folder).is_file()
 
 
 def in_shard(rel: Path, shard: tuple[int, int]) -> bool:
@@ -270,6 +288,7 @@ def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
     if dst.resolve().is_relative_to(src.resolve()) and src.is_dir():
         raise AvtoolError(f"DST {dst} lies inside SRC {src}: chunks would be found as inputs next time")
     paths = find_videos(src)
+    skipped_outputs = avtool_outputs(src)
     if not paths:
         raise AvtoolError(f"{src}: no videos found ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     root = src if src.is_dir() else src.parent
@@ -294,7 +313,7 @@ def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
         chunk_len = _recorded_chunk_len(dst) or 15
     cfg = replace(cfg, encode=replace(cfg.encode, chunk_len=chunk_len))
     _check_settings(dst, cfg)
-    return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len, decode)
+    return ChunkPlan(cfg, jobs, done, failures, sizing, chunk_len, decode, skipped_outputs)
 
 
 def size_chunks(
@@ -601,12 +620,16 @@ def write_quality(dst: Path) -> Path | None:
 def write_manifest(dst: Path) -> Path | None:
     """Gather the per-video pieces into DST/manifest.csv (one row per chunk), whichever shard made them."""
     pieces_dir = _state_dir(dst) / "manifest"
-    pieces = sorted(pieces_dir.rglob("*.csv")) if pieces_dir.is_dir() else []
-    pieces = [p for p in pieces if not p.name.startswith(".")]
-    if not pieces:
+    if not pieces_dir.is_dir():
         return None
-    table = pd.concat([pd.read_csv(p) for p in pieces], ignore_index=True)
-    table = table.sort_values(["video", "start"], kind="stable")
-    path = dst / "manifest.csv"
-    atomic_write_text(path, table.to_csv(index=False))
-    return path
+    # One merge at a time (shards finishing together): the last merge then holds every shard's pieces.
+    with open(_state_dir(dst) / "manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pieces = [p for p in sorted(pieces_dir.rglob("*.csv")) if not p.name.startswith(".")]
+        if not pieces:
+            return None
+        table = pd.concat([pd.read_csv(p) for p in pieces], ignore_index=True)
+        table = table.sort_values(["video", "start"], kind="stable")
+        path = dst / "manifest.csv"
+        atomic_write_text(path, table.to_csv(index=False))
+        return path

@@ -21,7 +21,7 @@ import av
 
 from avtool.errors import AvtoolError
 from avtool.options import option
-from avtool.video.ffmpeg import ffmpeg_exe
+from avtool.video.ffmpeg import die_with_parent, ffmpeg_exe
 from avtool.video.probe import VideoInfo
 
 X264_PRESETS = (
@@ -187,8 +187,10 @@ def encode_chunks(
         "-progress", "pipe:1", "-nostats",
         str(out_dir / f"%06d.{ext}"),
     ]  # fmt: skip
-    # A session of its own: Ctrl-C reaches avtool, which stops FFmpeg and removes the partial output.
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A session of its own: Ctrl-C reaches avtool, which stops FFmpeg and removes the partial output; and
+    # the parent-death signal ends FFmpeg when avtool is killed outright.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=die_with_parent())  # fmt: skip
     if register is not None:
         register(proc)
     stderr_lines: list[str] = []
