@@ -4,9 +4,25 @@
 class AvtoolError(Exception):
     """A problem with the user's input or machine (bad path, bad metadata, full disk...).
 
-    The CLI prints ``str(error)`` on one line and exits with status 2; anything else that escapes
+    The CLI prints ``str(error)`` on one line and exits with ``exit_code``; anything else that escapes
     is a bug in avtool and keeps its traceback.
     """
+
+    exit_code = 2
+
+
+class OutputError(AvtoolError):
+    """The output side failed (read-only or full destination): status 1, as a run that could not finish."""
+
+    exit_code = 1
+
+
+def output_error(error: OSError, where: str) -> OutputError:
+    """An OSError while writing ``where`` as one line with what to do about it."""
+    reason = error.strerror or str(error)
+    hint = {28: "free space and rerun to resume", 30: "choose a writable destination",
+            13: "choose a destination you may write to"}.get(error.errno or 0, "")  # fmt: skip
+    return OutputError(f"cannot write {where}: {reason}" + (f"; {hint}" if hint else ""))
 
 
 def config_error(error: Exception, context: str = "") -> AvtoolError:

@@ -238,9 +238,34 @@ def test_full_disk_stops_with_a_clear_reason(tmp_path):
         assert not report.ok and report.aborted and "disk full" in report.aborted
         assert any("disk full" in f.reason for f in report.failures)
         assert not list((mount / "dst").glob(".*.partial*"))
+        # The CLI: one line saying what to do, the summary of what finished, status 1, no traceback.
+        shutil.rmtree(mount / "dst")
+        done = subprocess.run([*AVTOOL, "chunk", str(src), str(mount / "dst"), "--chunk-len", "4", "--preset",
+                               "ultrafast", "--crf", "10", "--encoders", "1"], capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1 and "Traceback" not in said, said
+        assert "free space and rerun" in said and "videos chunked" in said
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_read_only_destination_is_one_line_before_any_encoding(tmp_path):
+    mount = tmp_path / "read_only"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs permission to mount a read-only tmpfs")
+    try:
+        make_video(tmp_path / "src" / "a.mp4", 2)
+        done = subprocess.run([*AVTOOL, "chunk", str(tmp_path / "src"), str(mount / "dst")], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().count("\n") == 0
+        assert "cannot write DST" in done.stderr and "choose a writable destination" in done.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_missing_source_is_one_line_error(tmp_path):

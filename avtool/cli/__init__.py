@@ -16,7 +16,7 @@ from avtool.cli.console import console, err_console
 from avtool.cli.plot import plot_app
 from avtool.cli.prep import PREP_COMMANDS
 from avtool.cli.train import eval_app, train_app
-from avtool.errors import AvtoolError
+from avtool.errors import AvtoolError, output_error
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -65,7 +65,10 @@ def main() -> None:
         code = app(standalone_mode=False)
     except AvtoolError as e:
         _error(str(e))
-        sys.exit(2)
+        sys.exit(e.exit_code)
+    except OSError as e:  # the machine's doing, not avtool's: a full or read-only disk, permissions
+        _error(str(output_error(e, e.filename or "a file")))
+        sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from avtool.atomic import atomic_write_text
-from avtool.errors import AvtoolError
+from avtool.errors import AvtoolError, output_error
 from avtool.options import option
 from avtool.prep.encode import (
     X264_TUNES,
@@ -416,8 +416,11 @@ def run_chunking(
     cfg = plan.config
     dst = Path(cfg.dst)
     _check_settings(dst, cfg)
-    if not _settings_path(dst).exists():
-        atomic_write_text(_settings_path(dst), json.dumps(_settings_record(cfg), indent=2))
+    try:  # the first write: a read-only or full DST is found before any encoding
+        if not _settings_path(dst).exists():
+            atomic_write_text(_settings_path(dst), json.dumps(_settings_record(cfg), indent=2))
+    except OSError as e:
+        raise output_error(e, f"DST {dst}") from None
     cores = os.cpu_count() or 1
     workers = max(1, min(cfg.workers, len(plan.jobs) or 1))
     threads = max(1, cores // workers)
@@ -508,8 +511,11 @@ def run_chunking(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         report.wall_seconds = time.perf_counter() - start
-        write_manifest(dst)
-        write_quality(dst)
+        try:
+            write_manifest(dst)
+            write_quality(dst)
+        except OSError as e:  # the finished videos' pieces are kept: the next run writes the manifest
+            report.aborted = report.aborted or str(output_error(e, f"the manifest of {dst}"))
     return report
 
 
