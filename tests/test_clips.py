@@ -173,3 +173,15 @@ def test_plain_video_file_is_one_chunk(tmp_path):
 def test_chunk_read_label_names_the_file():
     assert ChunkRead(Path("/x/5.mp4"), (1,), 30.0, 10, 10).label == "/x/5.mp4"
     assert ChunkRead(b"abc", (1,), 30.0, 10, 10, name="mem").label == "mem"
+
+
+def test_a_deleted_chunk_is_named_wherever_it_was(tmp_path):
+    from avtool.video.clips import ChunkIndex
+
+    for kept, missing in (((0, 30, 45), "15.mp4"), ((0, 15, 45), "30.mp4"), ((0, 15, 60, 75), "30.mp4, 45.mp4")):
+        folder = tmp_path / str(kept) / "video.mp4"
+        folder.mkdir(parents=True)
+        for start in kept:
+            (folder / f"{start}.mp4").write_bytes(b"")  # never opened: the gap is found from the names
+        with pytest.raises(AvtoolError, match=rf"chunk\(s\) missing: {missing} \(chunks every 15 s expected\)"):
+            ChunkIndex(tmp_path / str(kept)).get("video.mp4")

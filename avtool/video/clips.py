@@ -333,7 +333,9 @@ def _from_files(root: Path, key: str) -> ChunkedVideo:
     if starts[0] != 0:
         raise AvtoolError(f"{path}: chunk 0.{chunks[0].suffix[1:]} missing (first chunk starts at {starts[0]} s)")
     if len(starts) > 1:
-        step = starts[1] - starts[0]
+        # Every chunk but a video's last has one length, so the smallest gap between starts is that length
+        # even when the second chunk is the one missing.
+        step = math.gcd(*(b - a for a, b in zip(starts, starts[1:], strict=False)))
         gaps = [s for s in range(0, starts[-1], step) if s not in set(starts)]
         if gaps or any(b - a != step for a, b in zip(starts, starts[1:], strict=False)):
             missing = ", ".join(f"{s}{chunks[0].suffix}" for s in gaps[:5]) or "irregular start seconds"
