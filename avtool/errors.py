@@ -17,12 +17,12 @@ class OutputError(AvtoolError):
     exit_code = 1
 
 
-def output_error(error: OSError, where: str) -> OutputError:
-    """An OSError while writing ``where`` as one line with what to do about it."""
+def output_error(error: OSError, where: str, verb: str = "write") -> OutputError:
+    """An OSError while writing (or, with ``verb``, otherwise using) ``where`` as one line with what to do."""
     reason = error.strerror or str(error)
     hint = {28: "free space and rerun to resume", 30: "choose a writable destination",
             13: "choose a destination you may write to"}.get(error.errno or 0, "")  # fmt: skip
-    return OutputError(f"cannot write {where}: {reason}" + (f"; {hint}" if hint else ""))
+    return OutputError(f"cannot {verb} {where}: {reason}" + (f"; {hint}" if hint else ""))
 
 
 def config_error(error: Exception, context: str = "") -> AvtoolError:

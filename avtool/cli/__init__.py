@@ -67,7 +67,7 @@ def main() -> None:
         _error(str(e))
         sys.exit(e.exit_code)
     except OSError as e:  # the machine's doing, not avtool's: a full or read-only disk, permissions
-        _error(str(output_error(e, e.filename or "a file")))
+        _error(str(output_error(e, e.filename or "a file", verb="use")))
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
