@@ -185,6 +185,9 @@ class _OneBatchJob:
     def train_dataset(self) -> _Keys:
         return _Keys(len(self.video))
 
+    def eval_dataset(self) -> None:
+        return None
+
     def collate(self):
         return lambda keys: {"video": self.video, "text": self.text}  # the batch in its order, whatever the draw
 

@@ -274,3 +274,16 @@ def test_loader_batches_shuffles_per_epoch_and_reproduces(small_sample, chunked_
         assert (not halves[0] & halves[1]) if drop_last else (halves[0] | halves[1] == set(range(len(data))))
     with pytest.raises(AvtoolError, match="batch_size >= 1"):
         LoaderConfig(batch_size=0)
+
+
+def test_truncated_or_missing_chunks_are_listed_before_the_run(small_sample, chunked_sample, tmp_path):
+    shutil.copytree(chunked_sample / "ek100", tmp_path / "ek100")
+    shutil.copytree(chunked_sample / ".avtool", tmp_path / ".avtool")
+    shutil.copy(chunked_sample / "manifest.csv", tmp_path / "manifest.csv")
+    chunk = tmp_path / "ek100/P01/P01_01.MP4/5.MP4"
+    chunk.write_bytes(chunk.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(AvtoolError, match=r"P01_01.MP4/5.MP4: 1000 bytes, the manifest records \d+ \(truncated"):
+        mir(small_sample, tmp_path)
+    chunk.unlink()
+    with pytest.raises(AvtoolError, match=r"P01_01.MP4/5.MP4: chunk file missing \(listed in the manifest\)"):
+        mir(small_sample, tmp_path)

@@ -270,6 +270,8 @@ class _Manifest:
         self.frames = table["frames"].to_numpy(np.int64)
         self.fps = table["fps"].to_numpy(np.float64)
         self.sizes = table[["width", "height"]].to_numpy(np.int64)
+        self.bytes = (table["bytes"].fillna(-1).to_numpy(np.int64) if "bytes" in table.columns
+                      else np.full(len(table), -1, np.int64))  # fmt: skip
         keys = table["key"].to_numpy()
         bounds = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1], True]) if len(keys) else np.array([0])
         self.spans = {str(keys[a]): (int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)}
@@ -279,9 +281,23 @@ class _Manifest:
         if span is None:
             return None
         a, b = span
+        paths = []
+        # Cheap checks before any decoding: every chunk the manifest lists is inside its tree, there, and of
+        # the size it was written at (a truncated copy would otherwise fail mid-epoch).
+        for chunk, size in zip(self.chunks[a:b], self.bytes[a:b], strict=True):
+            if (problem := key_problem(chunk)) is not None:
+                raise AvtoolError(f"manifest chunk {chunk!r}: {problem}")
+            path = self.base / chunk
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                raise AvtoolError(f"{path}: chunk file missing (listed in the manifest)") from None
+            if size >= 0 and actual != size:
+                raise AvtoolError(f"{path}: {actual} bytes, the manifest records {size} (truncated or replaced)")
+            paths.append(path)
         return ChunkedVideo(
             key=key,
-            paths=tuple(self.base / c for c in self.chunks[a:b]),
+            paths=tuple(paths),
             starts=tuple(self.starts[a:b].tolist()),
             frames=tuple(self.frames[a:b].tolist()),
             fps=tuple(self.fps[a:b].tolist()),
