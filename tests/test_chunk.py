@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,13 +226,22 @@ def test_shards_partition_the_inputs_and_share_one_manifest(small_sample, tmp_pa
         ChunkConfig(src=small_sample, dst=dst, shard=(3, 3))
 
 
-def test_full_disk_stops_with_a_clear_reason(tmp_path):
-    mount = tmp_path / "small_disk"
+@contextmanager
+def _tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` with ``options`` for the test's duration (skipped where not allowed)."""
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("needs permission to mount a small tmpfs")
+        pytest.skip(f"needs permission to mount a tmpfs ({options})")
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+def test_full_disk_stops_with_a_clear_reason(tmp_path):
+    with _tmpfs(tmp_path / "small_disk", "size=600k") as mount:
         src = tmp_path / "src"
         for i in range(2):
             make_video(src / f"v{i}.mp4", 12, size="640x360")
@@ -246,26 +257,16 @@ def test_full_disk_stops_with_a_clear_reason(tmp_path):
         said = " ".join((done.stdout + done.stderr).split())
         assert done.returncode == 1 and "Traceback" not in said, said
         assert "free space and rerun" in said and "videos chunked" in said
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
 
 
 def test_read_only_destination_is_one_line_before_any_encoding(tmp_path):
-    mount = tmp_path / "read_only"
-    mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("needs permission to mount a read-only tmpfs")
-    try:
+    with _tmpfs(tmp_path / "read_only", "size=1m,ro") as mount:
         make_video(tmp_path / "src" / "a.mp4", 2)
         done = subprocess.run([*AVTOOL, "chunk", str(tmp_path / "src"), str(mount / "dst")], capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         assert done.stderr.strip().count("\n") == 0
         assert "cannot write DST" in done.stderr and "choose a writable destination" in done.stderr
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_missing_source_is_one_line_error(tmp_path):
