@@ -8,7 +8,6 @@ rebuild NumPy arrays and plain containers, and refuses the rest by name, before 
 
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
@@ -46,11 +45,6 @@ class SafeUnpickler(pickle.Unpickler):
         if (module, name) not in ALLOWED_GLOBALS:
             raise RefusedGlobal(f"{module}.{name}")
         return super().find_class(module, name)
-
-
-def safe_loads(data: bytes) -> object:
-    """``pickle.loads`` restricted to ``ALLOWED_GLOBALS`` (raises ``RefusedGlobal`` naming what it refused)."""
-    return SafeUnpickler(io.BytesIO(data)).load()
 
 
 def read_pickle(path: Path, kind: str) -> object:

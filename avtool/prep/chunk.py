@@ -248,30 +248,23 @@ class ChunkReport:
         return not self.failures and not self.plan.failures and not self.interrupted and not self.aborted
 
 
-def find_videos(src: Path) -> list[Path]:
-    """Video files under ``src`` (or ``src`` itself), sorted, skipping hidden partial files and the folders
-    that are avtool chunk output (``avtool_outputs``)."""
+def find_videos(src: Path) -> tuple[list[Path], list[Path]]:
+    """Video files under ``src`` (or ``src`` itself), sorted, skipping hidden partial files; and, skipped
+    with them, the folders under ``src`` that an earlier `avtool chunk` wrote (they hold its settings file:
+    their chunks are outputs, not videos to chunk again)."""
     if not src.exists():
         raise AvtoolError(f"{src}: no such file or folder")
     if src.is_file():
-        return [src]
-    found = []
+        return [src], []
+    found, outputs = [], []
     for folder, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_chunk_output(Path(folder) / d))
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            sub = Path(folder) / d
+            (outputs if _settings_path(sub).is_file() else kept).append(sub)
+        dirs[:] = [d.name for d in kept]
         found += [Path(folder) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS and f[0] != "."]
-    return sorted(p for p in found if p.is_file())
-
-
-def avtool_outputs(src: Path) -> list[Path]:
-    """Folders under ``src`` that an earlier `avtool chunk` wrote (they hold its settings file): their chunks
-    are outputs, not videos to chunk again."""
-    if not src.is_dir():
-        return []
-    return sorted(p.parent.parent for p in src.rglob(f"{STATE_DIR}/chunk_settings.json") if p.parent.parent != src)
-
-
-def _is_chunk_output(folder: Path) -> bool:
-    return _settings_path(folder).is_file()
+    return sorted(p for p in found if p.is_file()), sorted(outputs)
 
 
 def in_shard(rel: Path, shard: tuple[int, int]) -> bool:
@@ -287,8 +280,7 @@ def plan_chunking(cfg: ChunkConfig, measure: bool = False) -> ChunkPlan:
     src, dst = Path(cfg.src), Path(cfg.dst)
     if dst.resolve().is_relative_to(src.resolve()) and src.is_dir():
         raise AvtoolError(f"DST {dst} lies inside SRC {src}: chunks would be found as inputs next time")
-    paths = find_videos(src)
-    skipped_outputs = avtool_outputs(src)
+    paths, skipped_outputs = find_videos(src)
     if not paths:
         raise AvtoolError(f"{src}: no videos found ({', '.join(sorted(VIDEO_EXTENSIONS))})")
     root = src if src.is_dir() else src.parent
