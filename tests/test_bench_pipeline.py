@@ -87,7 +87,7 @@ def test_ladder_rows_are_cumulative_with_every_column_and_config(bench_inputs, t
 def test_ladder_rows_not_timed_still_apply_their_changes_and_without_leaves_them_out():
     def top(**changes) -> dict:
         batch_size, rung, chunks, values = ladder_plan(LadderConfig(rows=("hybrid-nvdec",), **changes))[-1]
-        assert rung.name == "hybrid-nvdec" and chunks == "15s-1s-keys-fastdecode"
+        assert rung.name == "hybrid-nvdec" and chunks == "15s-1s-keys-fastdecode-b8"
         return values
 
     full = top()

@@ -200,6 +200,7 @@ def test_plan_writes_nothing_and_predicts(small_sample, tmp_path):
     # The decode budget beside it: both tunes trial-encoded and decoded, and a recommendation.
     assert "Decode budget" in out and "B / Δ = 1024 / 4 s = 256 clips/s" in out
     assert "--tune none (asked)" in out and "--tune fastdecode" in out and "→" in out
+    assert "--tune none --bframes 8" in out and "--tune fastdecode --bframes 8" in out
 
 
 def test_auto_chunk_len_follows_eq3(small_sample, tmp_path):
@@ -322,6 +323,41 @@ def test_tune_fastdecode_reaches_libx264_and_its_chunks_verify_and_decode(tmp_pa
     record = tmp_path / "plain/.avtool/chunk_settings.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "tune"}))
     assert plan_chunking(ChunkConfig(src=tmp_path / "src", dst=tmp_path / "plain", encode=plain)).done == ["v.mp4"]
+
+
+def test_nonreference_bframes_reach_libx264_verify_and_let_a_seeking_decoder_skip_them(tmp_path):
+    from avtool.video.clips import ChunkRead
+    from avtool.video.crops import Crop
+    from avtool.video.decode import DecoderConfig, StageTimes, make_decoder
+
+    make_video(tmp_path / "src/v.mp4", 6, size="320x240")
+    plain = replace(FAST, preset="superfast")
+    skippable = replace(plain, bframes=8)
+    assert chunk(tmp_path / "src", tmp_path / "plain", encode=plain).ok
+    assert chunk(tmp_path / "src", tmp_path / "b8", encode=skippable).ok
+    options = x264_options(tmp_path / "b8/v.mp4/0.mp4")
+    assert (options["bframes"], options["b_pyramid"], options["b_adapt"]) == ("8", "0", "0")
+    manifest = pd.read_csv(tmp_path / "b8/manifest.csv").set_index("start")
+    assert decoded_frames(tmp_path / "b8/v.mp4/5.mp4") == manifest.frames[5]
+
+    def frames_decoded(dst: str) -> tuple[int, bytes]:
+        # The last frame of each 1-s GOP: without skippable B-frames every frame before it is decoded.
+        read = ChunkRead(tmp_path / dst / "v.mp4/0.mp4", (29, 59, 89, 119), 30.0, 320, 240)
+        times = StageTimes()
+        out = make_decoder(DecoderConfig(access="seek")).decode(read, Crop(0, 0, 320, 240), 64, times)
+        return times.frames_decoded, out.tobytes()
+
+    assert frames_decoded("b8")[0] < 0.6 * frames_decoded("plain")[0]
+    # B-frames name the encoding: resuming a DST made without them is refused, and the recorded settings of a
+    # DST made before the option existed (no "bframes") mean none.
+    with pytest.raises(AvtoolError, match="other settings.*bframes"):
+        plan_chunking(ChunkConfig(src=tmp_path / "src", dst=tmp_path / "plain", encode=skippable))
+    record = tmp_path / "plain/.avtool/chunk_settings.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "bframes"}))
+    assert plan_chunking(ChunkConfig(src=tmp_path / "src", dst=tmp_path / "plain", encode=plain)).done == ["v.mp4"]
+    for bad in (-1, 17, True):
+        with pytest.raises(AvtoolError, match="--bframes must be in 0..16"):
+            replace(plain, bframes=bad)
 
 
 def test_gop_default_leaves_keyframes_to_libx264_but_forces_chunk_starts(tmp_path):

@@ -3,7 +3,8 @@ and the chunk sets their rows read, made with `avtool chunk` and kept for the ne
 
 Chunk sets (``CHUNK_SETS``) are the ones the paper's ladder compares: LaViLa's 5-minute chunks and AVION's
 15-s chunks, both with libx264's own keyframe placement as the reference recipes use, then avtool's 15-s
-chunks with a keyframe every second (which seeking needs) and the same re-encoded for fast decoding.
+chunks with a keyframe every second (which seeking needs), the same re-encoded for fast decoding, and that with
+eight non-reference B-frames between reference frames (a seeking decoder skips them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ CHUNK_SETS: dict[str, dict[str, Any]] = {
     "15s": {"chunk_len": 15, "gop": "default"},
     "15s-1s-keys": {"chunk_len": 15, "gop": 1.0},
     "15s-1s-keys-fastdecode": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode"},
+    "15s-1s-keys-fastdecode-b8": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode", "bframes": 8},
 }
 """Name → the encode settings that differ from the bench's (``--crf``, ``--preset``, ``--short-side``)."""
 

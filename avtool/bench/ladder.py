@@ -6,7 +6,8 @@ storage) → the job's loader workers → the job's step (``avtool.bench.loop``)
 the paper: the LaViLa baseline (math attention, 5-minute chunks with x264's own keyframes, full frames
 decoded from the chunk start and then cropped), + memory-efficient attention, + 15-s chunks, + Fused
 DecodeCrop; then avtool's rungs, each one change: 1-s keyframes with seeking, no checkpointing, the best
-attention kernel, torch.compile, the fused MLP, fast-decode chunks. A row that runs out of memory is
+attention kernel, torch.compile, the fused MLP, fast-decode chunks, non-reference B-frames, hybrid NVDEC
+decoding. A row that runs out of memory is
 recorded as OOM and the next rung still adds its change, as the paper's B=256 baseline row does. ``--rows``
 picks the rows to time (the changes of the rows below still apply), ``--without`` the changes to leave out.
 """
@@ -84,6 +85,7 @@ def rungs(best_attn: AttnImpl, nvdec_workers: int = 2) -> tuple[Rung, ...]:
         Rung("compile", "+ torch.compile", {("run", "compile"): True}),
         Rung("fused-mlp", "+ fused MLP", {("model", "fused_mlp"): True}),
         Rung("fastdecode", "+ fast-decode chunks (x264 --tune fastdecode)", chunks="15s-1s-keys-fastdecode"),
+        Rung("bframes", "+ 8 non-reference B-frames (--bframes 8)", chunks="15s-1s-keys-fastdecode-b8"),
         Rung("hybrid-nvdec", f"+ hybrid decoding, {nvdec_workers} NVDEC worker(s)",
              {("decoder", "nvdec_workers"): nvdec_workers}),
     )  # fmt: skip

@@ -381,8 +381,9 @@ def _ladder(app: typer.Typer) -> None:
     videos/s, the data-wait share, the GPU memory peak, the clips/s the loader could deliver, CPU use and
     MB/s read. Rows are cumulative: the LaViLa baseline, + memory-efficient attention, + 15-s chunks, +
     Fused DecodeCrop (the paper's), then + 1-s keyframes with seeking, no checkpointing, the best
-    attention kernel, torch.compile, the fused MLP and fast-decode chunks. The chunk sets are made with
-    avtool chunk into --data-dir and reused. Out of memory is recorded as OOM.""",
+    attention kernel, torch.compile, the fused MLP, fast-decode chunks, non-reference B-frames and hybrid
+    NVDEC decoding. The chunk sets are made with avtool chunk into --data-dir and reused. Out of memory is
+    recorded as OOM.""",
     )
 
 

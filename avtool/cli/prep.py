@@ -133,7 +133,8 @@ def _chunk(app: typer.Typer) -> None:
     a killed run stopped. Writes DST/manifest.csv (one row per chunk).
 
     --plan weighs the disk's budget (Eq. 3) and the CPUs' decode budget (clips/s per core · cores ≥ clips/s
-    the GPUs take, from trial encodes with and without --tune fastdecode) and recommends an encoding;
+    the GPUs take, from trial encodes with and without --tune fastdecode and --bframes 8) and recommends
+    an encoding;
     --quality writes the chunks' PSNR and SSIM against the source to DST/quality.json.""",
     )
 

@@ -5,8 +5,8 @@ partial folder, verified, and renamed into place; so a finished folder is always
 skips it, and an interrupted run leaves only partial folders that the next run removes.
 
 ``--plan`` weighs two budgets: the disk's (Eq. 3) and the CPUs' decode budget, from trial encodes at
-the asked settings and at the other libx264 tune. ``--quality`` compares a few seconds of each video's
-chunks with the source (PSNR, SSIM) and writes DST/quality.json.
+the asked settings, at the other libx264 tune and with non-reference B-frames. ``--quality`` compares a
+few seconds of each video's chunks with the source (PSNR, SSIM) and writes DST/quality.json.
 """
 
 from __future__ import annotations
@@ -312,20 +312,19 @@ def size_chunks(
     cfg: ChunkConfig, infos: list[VideoInfo], decode: bool = False
 ) -> tuple[ChunkSizing, DecodeBudget | None]:
     """Measure ρ by trial encodes and S_r on DST's volume (unless given), for Eq. 3; with ``decode``,
-    also clips/s per core of the asked settings and of the other tune, for the decode budget."""
+    also clips/s per core of each of ``trial_variants``, for the decode budget."""
     sample = sorted(infos, key=lambda i: i.path)[: max(1, cfg.trial_videos)]
     # With --chunk-len auto the trial places keyframes as 15-s chunks would; ρ and clips/s barely depend on it.
     trial = replace(cfg.encode, chunk_len=15) if cfg.auto_chunk_len else cfg.encode
-    tunes = [trial.tune] + ([t for t in X264_TUNES if t != trial.tune] if decode else [])
+    variants = trial_variants(trial) if decode else [trial]
     clip = TrialClip(frames=cfg.clip_frames, seconds=cfg.clip_seconds) if decode else None
     per_video = cfg.decode_trial_seconds / len(sample)
     with tempfile.TemporaryDirectory(prefix="avtool-trial-") as tmp:
         trials = {
-            tune: [(run_trial(info, replace(trial, tune=tune), Path(tmp), clip, per_video), info.duration)
-                   for info in sample]
-            for tune in tunes
-        }  # fmt: skip
-    rho = _mean_bitrate(trials[trial.tune])
+            variant: [(run_trial(info, variant, Path(tmp), clip, per_video), info.duration) for info in sample]
+            for variant in variants
+        }
+    rho = _mean_bitrate(trials[trial])
     if cfg.read_speed is not None:
         read = Quantity("S_r", cfg.read_speed * 1e6, "B/s", "--read-speed")
     else:
@@ -347,8 +346,8 @@ def size_chunks(
     if clip is None:
         return sizing, None
     candidates = tuple(
-        Candidate(f"--tune {tune}", _mean_bitrate(runs), _clips_per_core([r for r, _ in runs]), tune == trial.tune)
-        for tune, runs in trials.items()
+        Candidate(_encode_flags(variant), _mean_bitrate(runs), _clips_per_core([r for r, _ in runs]), variant == trial)
+        for variant, runs in trials.items()
     )
     gpu_rate = None
     if cfg.gpu_clips_per_s is not None:
@@ -358,6 +357,29 @@ def size_chunks(
     description = f"{clip.describe()}, 1 thread; trial encodes of {len(sample)} video(s)"
     chunk_len = None if cfg.auto_chunk_len else cfg.encode.chunk_len
     return sizing, DecodeBudget(sizing, cores, description, candidates, chunk_len, gpu_rate)
+
+
+PLAN_BFRAMES = 8
+"""The non-reference B-frames the decode budget tries when none are asked: the most that cost no quality
+worth naming on the sample (benchmarks/README.md, "Non-reference B-frames")."""
+
+
+def trial_variants(asked: EncodeSettings) -> list[EncodeSettings]:
+    """The encodings the decode budget weighs: the asked one first, then each libx264 tune, with the asked
+    B-frames and, where none were asked, with ``PLAN_BFRAMES`` non-reference ones."""
+    bframes = [asked.bframes] + ([PLAN_BFRAMES] if asked.bframes is None else [])
+    out = [asked]
+    for tune in X264_TUNES:
+        for b in bframes:
+            variant = replace(asked, tune=tune, bframes=b)
+            if variant not in out:
+                out.append(variant)
+    return out
+
+
+def _encode_flags(settings: EncodeSettings) -> str:
+    """How to ask for ``settings``'s tune and B-frames, e.g. ``--tune fastdecode --bframes 8``."""
+    return f"--tune {settings.tune}" + (f" --bframes {settings.bframes}" if settings.bframes is not None else "")
 
 
 def _mean_bitrate(runs: list[tuple[TrialResult, float]]) -> float:
@@ -532,7 +554,7 @@ def _settings_record(cfg: ChunkConfig) -> dict:
     return {"format": 1, **asdict(cfg.encode)}
 
 
-LEGACY_SETTINGS = {"tune": "none"}
+LEGACY_SETTINGS = {"tune": "none", "bframes": None}
 """Settings a DST made before they existed was made with (records lack them; the encoding matched)."""
 
 

@@ -70,6 +70,11 @@ class EncodeSettings:
         help="Keyframe interval inside a chunk in seconds (sparse frame sampling seeks to them); default: only "
         "chunk starts are forced, libx264 places the rest (keyint 250, scene cuts; LaViLa's and AVION's chunks).",
     )
+    bframes: int | None = option(
+        None, panel="Encoding", metavar="INT", show_default="libx264's (up to 3, some of them references)",
+        help="B-frames between reference frames, none of them a reference (fixed pattern, no B-pyramid): a "
+        "decoder going to a sampled frame skips the B-frames before it. 0: no B-frames.",
+    )  # fmt: skip
     audio: bool = option(False, panel="Encoding", help="Keep the first audio track (AAC); dropped by default.")
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class EncodeSettings:
             raise AvtoolError(f"--gop must be default or in (0, chunk length] seconds, got {self.gop!r}")
         if self.tune not in X264_TUNES:
             raise AvtoolError(f"--tune must be one of {', '.join(X264_TUNES)}, got {self.tune!r}")
+        if self.bframes is not None and (isinstance(self.bframes, bool) or not 0 <= self.bframes <= 16):
+            raise AvtoolError(f"--bframes must be in 0..16 (libx264's limit), got {self.bframes!r}")
         if not 0 <= self.crf <= 51:
             raise AvtoolError(f"--crf must be in 0..51, got {self.crf}")
         if self.preset not in X264_PRESETS:
@@ -111,6 +118,9 @@ def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> lis
     rate = output_rate(info, settings)
     now, last = _keyframe_key(settings, "t+0.0001"), _keyframe_key(settings, "prev_forced_t+0.0001")
     tune = ["-tune", settings.tune] if settings.tune != "none" else []
+    if settings.bframes is not None:
+        # b-adapt 0 keeps the pattern fixed: adaptive placement drops B-frames in motion, where decoding costs most.
+        tune += ["-x264-params", f"bframes={settings.bframes}:b-pyramid=none:b-adapt=0"]
     audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"] if settings.audio else ["-an"]
     return [
         "-threads", str(threads), "-i", info.path,
