@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import av
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -92,6 +93,91 @@ def test_rotation_metadata_is_honoured(tmp_path):
     row = pd.read_csv(tmp_path / "dst/manifest.csv").iloc[0]
     # Upright: 240 wide, 320 tall; small sources are not upscaled to the 288 short side.
     assert (row.width, row.height) == (240, 320)
+
+
+def ffmpeg(*args: str) -> None:
+    from avtool.video.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def frames_of(path: Path, format: str = "rgb24") -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format=format) for f in c.decode(video=0)]).astype(np.float32)
+
+
+def test_display_geometry_of_real_world_sources_is_kept(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    # Non-square pixels (an anamorphic PAL-like frame): 175 wide pixels of SAR 572:525 show 190.7 wide.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=175x143:rate=30:duration=2", "-vf", "setsar=572/525", *x264,
+           str(src / "anamorphic.mp4"))  # fmt: skip
+    # Rotations between multiples of 90°: turned by the nearest multiple, like the 90° video pixel for pixel.
+    plain = make_video(tmp_path / "plain.mp4", 2, size="320x240")
+    for angle in (80, 90):
+        ffmpeg("-display_rotation", str(angle), "-i", str(plain), "-c", "copy", str(src / f"rot{angle}.mp4"))
+    # Truly interlaced footage: each frame weaves the top field of one instant with the bottom of the next.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=60:duration=2", "-vf", "tinterlace=interleave_top",
+           *x264, "-flags", "+ildct+ilme", str(src / "interlaced.mp4"))  # fmt: skip
+    plan = plan_chunking(ChunkConfig(src=src, dst=tmp_path / "dst", encode=FAST))
+    notes = " | ".join(plan.notes)
+    assert "anamorphic.mp4: non-square pixels (SAR 73:67)" in notes  # 572:525 as H.264 stores it
+    assert "rot80.mp4: rotated 80°: turned by 90°" in notes and "rot90.mp4" not in notes
+    assert "interlaced.mp4: interlaced: deinterlaced" in notes and "plain" not in notes
+    assert chunk(src, tmp_path / "dst", encode=FAST).ok
+    rows = pd.read_csv(tmp_path / "dst/manifest.csv").set_index("video")
+    assert tuple(rows.loc["anamorphic.mp4", ["width", "height"]]) == (190, 142)  # 190.7 × 143, even sizes
+    with av.open(str(tmp_path / "dst/anamorphic.mp4/0.mp4")) as c:
+        assert c.streams.video[0].sample_aspect_ratio in (None, 1)
+    assert tuple(rows.loc["rot80.mp4", ["width", "height"]]) == (240, 320)
+    np.testing.assert_array_equal(frames_of(tmp_path / "dst/rot80.mp4/0.mp4"),
+                                  frames_of(tmp_path / "dst/rot90.mp4/0.mp4"))  # fmt: skip
+
+    def combing(frames: np.ndarray) -> float:
+        """Each row against the mean of the rows above and below: where two instants weave, rows alternate."""
+        return float(np.abs(frames[:, 1:-1] - (frames[:, 2:] + frames[:, :-2]) / 2).mean())
+
+    # Luma alone: the chroma of 4:2:0 interlaced frames is upsampled per field, unlike a progressive frame's.
+    source = frames_of(src / "interlaced.mp4", "gray")
+    chunked = frames_of(tmp_path / "dst/interlaced.mp4/0.mp4", "gray")
+    assert len(chunked) == len(source) == 60  # one frame per frame
+    assert combing(chunked) < 0.7 * combing(source)  # 0.54 deinterlaced; 0.98 re-encoded as it was
+
+
+def test_trims_offset_clocks_and_timestamp_gaps_chunk_and_truncation_still_fails(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    x264 = ["-c:v", "libx264", "-preset", "fast", "-pix_fmt", "yuv420p"]
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=8", *x264, str(tmp_path / "b.mp4"))
+    # Stream-copy trims of a B-frame MP4: at its end, and from a non-keyframe (an edit list hides the lead-in).
+    ffmpeg("-i", str(tmp_path / "b.mp4"), "-c", "copy", "-t", "4", str(src / "cut.mp4"))
+    ffmpeg("-ss", "1.3", "-i", str(tmp_path / "b.mp4"), "-c", "copy", "-t", "4", str(src / "cut_mid.mp4"))
+    # A camera clock that starts an hour in; and the same file cut short (its header still says 3606 s).
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=6", *x264, "-output_ts_offset", "3600",
+           str(src / "clock.mkv"))  # fmt: skip
+    data = (src / "clock.mkv").read_bytes()
+    (src / "clock_cut.mkv").write_bytes(data[: len(data) * 2 // 3])
+    # Timestamp gaps (0.16 s missing every 400 frames): the average rate is no longer the nominal one.
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=40", "-c:v", "libx264", "-preset",
+           "ultrafast", "-g", "50", str(tmp_path / "g.mp4"))  # fmt: skip
+    ffmpeg("-i", str(tmp_path / "g.mp4"), "-c", "copy", "-bsf:v",
+           "setts=pts=PTS+floor(N/400)*2048:dts=DTS+floor(N/400)*2048", str(src / "gaps.mp4"))  # fmt: skip
+
+    plan = plan_chunking(ChunkConfig(src=src, dst=tmp_path / "dst", encode=FAST))
+    seconds = {job.rel.name: job.info.duration for job in plan.jobs}
+    assert seconds["clock.mkv"] == pytest.approx(6.0) and seconds["cut.mp4"] == pytest.approx(4.0, abs=0.1)
+    report = chunk(src, tmp_path / "dst", encode=replace(FAST, preset="fast"))  # B-frames in the chunks too
+    failures = {f.video: f.reason for f in report.failures}
+    assert set(failures) == {"clock_cut.mkv"} and "truncated or corrupt" in failures["clock_cut.mkv"]
+    manifest = pd.read_csv(tmp_path / "dst/manifest.csv")
+    assert set(manifest.video) == {"cut.mp4", "cut_mid.mp4", "clock.mkv", "gaps.mp4"}
+    assert manifest[manifest.video == "clock.mkv"].frames.sum() == 180
+    # Every chunk opens on a keyframe that is shown, and the manifest counts the frames a decoder gives.
+    for row in manifest.itertuples():
+        with av.open(str(tmp_path / "dst" / row.chunk)) as c:
+            frames = list(c.decode(video=0))
+        assert frames[0].key_frame and len(frames) == row.frames, row.chunk
 
 
 def test_upscale_and_fps_options(tmp_path):

@@ -296,7 +296,7 @@ TINY_PIPELINE_HELP = (
     "one worker, a second per measurement; the other options still override it."
 )
 
-CHUNK_SET_KEYS = ("inputs.encode.chunk_len", "inputs.encode.gop", "inputs.encode.tune", "inputs.encode.audio")
+CHUNK_SET_KEYS = tuple(f"inputs.encode.{key}" for key in ("chunk_len", "gop", "tune", "bframes", "audio"))
 """Encode settings that each chunk set of the end-to-end benches fixes (no flags there)."""
 
 

@@ -139,6 +139,10 @@ def _chunk(app: typer.Typer) -> None:
     )
 
 
+MAX_NOTES = 10
+"""Notes on the inputs printed before a run (a folder of interlaced footage would print one per video)."""
+
+
 def _print_plan(plan) -> None:
     from avtool.prep.chunk import ChunkPlan
 
@@ -166,6 +170,11 @@ def _print_plan(plan) -> None:
     )
     for folder in plan.skipped_outputs:
         console.print(f"  note: skipped {folder}: it is an earlier avtool chunk output, not videos", highlight=False)
+    notes = plan.notes
+    for note in notes[:MAX_NOTES]:
+        console.print(f"  note: {note}", highlight=False)
+    if len(notes) > MAX_NOTES:
+        console.print(f"  note: … and {len(notes) - MAX_NOTES} more of the same kinds", highlight=False)
     predicted = f"  {plan.chunk_len}-s chunks: {plan.predicted_chunks} chunks"
     console.print(predicted + (f", about {_size(size)}" if size is not None else ""), highlight=False)
 

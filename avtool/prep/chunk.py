@@ -40,6 +40,7 @@ from avtool.prep.encode import (
     EncodeError,
     EncodeSettings,
     encode_chunks,
+    source_notes,
     verify_chunks,
 )
 from avtool.prep.quality import Quality, combine, measure_quality
@@ -195,6 +196,11 @@ class ChunkPlan:
     """The decode budget weighed against Eq. 3 (``--plan``)."""
     skipped_outputs: list[Path] = field(default_factory=list)
     """Folders under SRC that are earlier chunk output, left out of the inputs."""
+
+    @property
+    def notes(self) -> list[str]:
+        """What the encode changes in the videos to chunk beyond size and rate (``source_notes``)."""
+        return [f"{job.rel.as_posix()}: {note}" for job in self.jobs for note in source_notes(job.info)]
 
     @property
     def seconds(self) -> float:

@@ -106,6 +106,19 @@ def output_size(info: VideoInfo, settings: EncodeSettings) -> tuple[int, int]:
     return max(2, int(round(width / 2)) * 2), max(2, int(round(height / 2)) * 2)
 
 
+def source_notes(info: VideoInfo) -> list[str]:
+    """What the encode changes in a video beyond its size and rate, one line each (the plan prints them)."""
+    notes = []
+    if info.sample_aspect != "1/1":
+        notes.append(f"non-square pixels (SAR {info.sample_aspect.replace('/', ':')}): scaled to square pixels")
+    if info.interlaced:
+        notes.append("interlaced: deinterlaced (bwdif, one frame per frame)")
+    if info.rotation % 90:
+        notes.append(f"rotated {info.rotation}°: turned by {info.applied_rotation}°, the nearest multiple of 90° "
+                     "(only those are applied)")  # fmt: skip
+    return notes
+
+
 def output_rate(info: VideoInfo, settings: EncodeSettings) -> Fraction:
     if settings.fps:
         return Fraction(settings.fps).limit_denominator(1001)
@@ -122,13 +135,18 @@ def encoder_args(info: VideoInfo, settings: EncodeSettings, threads: int) -> lis
         # b-adapt 0 keeps the pattern fixed: adaptive placement drops B-frames in motion, where decoding costs most.
         tune += ["-x264-params", f"bframes={settings.bframes}:b-pyramid=none:b-adapt=0"]
     audio = ["-map", "0:a:0?", "-c:a", "aac", "-b:a", "128k"] if settings.audio else ["-an"]
+    # autorotate (FFmpeg's default) turns the frames upright before our filters see them; an angle between
+    # multiples of 90° would be turned inside the frame (black corners), so the nearest multiple replaces it.
+    rotation = ["-display_rotation", str(info.applied_rotation)] if info.rotation % 90 else []
+    # bwdif makes one frame of each interlaced frame (its rate kept); frames flagged progressive pass as they are.
+    deinterlace = "bwdif=mode=send_frame:deint=interlaced," if info.interlaced else ""
     return [
-        "-threads", str(threads), "-i", info.path,
+        "-threads", str(threads), *rotation, "-i", info.path,
         "-map", "0:v:0", *audio, "-sn", "-dn", "-map_metadata", "-1",
-        # autorotate (FFmpeg's default) turns the frames upright before our filters see them.
         # The fps filter makes the rate constant by dropping/duplicating to the nearest frame, so the
-        # chunk holds round(duration·rate) frames (``-r`` alone pads the end by up to two frames).
-        "-vf", f"setpts=PTS-STARTPTS,fps={rate.numerator}/{rate.denominator},"
+        # chunk holds round(duration·rate) frames (``-r`` alone pads the end by up to two frames). The
+        # scale to the display size makes non-square pixels square.
+        "-vf", f"{deinterlace}setpts=PTS-STARTPTS,fps={rate.numerator}/{rate.denominator},"
         f"scale={width}:{height}:flags=bicubic,setsar=1",
         "-fps_mode", "cfr",
         "-c:v", "libx264", "-preset", settings.preset, *tune, "-crf", str(settings.crf), "-pix_fmt", "yuv420p",
