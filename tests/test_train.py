@@ -237,3 +237,40 @@ def test_a_bad_validation_split_stops_the_run_before_its_first_step(small_sample
     with pytest.raises(AvtoolError, match=r"EPIC_100_validation.csv: 1 problem\(s\): .*video P09/P09_99.MP4"):
         cls.run(cfg)
     assert not out.exists()  # nothing trained, nothing written
+
+
+def test_an_unreadable_chunk_is_replaced_and_counted_or_fails_after_saving_the_steps_done(
+    small_sample, chunked_sample, tmp_path
+):
+    # A chunk that passes the start-up checks (present, of the recorded size) but is garbage inside.
+    chunks = tmp_path / "chunks"
+    shutil.copytree(chunked_sample, chunks)
+    manifest = pd.read_csv(chunks / "manifest.csv")
+    ego4d = manifest[manifest.chunk.str.startswith("ego4d/")]
+    bad = chunks / ego4d[ego4d.start == ego4d.start.max()].chunk.iloc[0]  # the 15-s chunk of the 20-s video
+    bad.write_bytes(bytes(bad.stat().st_size))
+
+    def config(out: Path, **run: object) -> lavila.LavilaConfig:
+        cfg = _lavila(small_sample, chunks, out, epochs=2, save_every=100, **run)
+        return dataclasses.replace(cfg, root=chunks / "ego4d" / "v1" / "full_scale")
+
+    skipped = lavila.run(config(tmp_path / "skip"))
+    records = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    assert len(train) == skipped.state.step and skipped.state.bad_clips > 0
+    assert sum(r["bad_clips"] for r in train) == skipped.state.bad_clips
+    assert load_checkpoint(latest_checkpoint(tmp_path / "skip"))["state"]["bad_clips"] == skipped.state.bad_clips
+    # The replacements come from (seed, epoch, index): a second run replaces the same clips the same way.
+    again = lavila.run(config(tmp_path / "again"))
+    torch.testing.assert_close(_weights(latest_checkpoint(tmp_path / "skip")),
+                               _weights(latest_checkpoint(tmp_path / "again")))  # fmt: skip
+
+    first_bad = min(r["step"] for r in train if r["bad_clips"])
+    assert first_bad > 1, "the test needs a chunk that the first step does not read"
+    assert again.state.bad_clips == skipped.state.bad_clips
+    with pytest.raises(AvtoolError) as failed:
+        lavila.run(config(tmp_path / "fail", on_bad_clip="fail"))
+    message = str(failed.value)
+    assert "\n" not in message and bad.name in message and "not a readable video" in message
+    assert f"saved step {first_bad - 1} first" in message  # the steps before the bad clip are not lost
+    assert latest_checkpoint(tmp_path / "fail").name == f"checkpoint_step{first_bad - 1:08d}.pt"

@@ -92,6 +92,8 @@ def _summary(result: FitResult, job: str, cfg: Any) -> None:
         table.add_row("last eval", ", ".join(f"{k} {v:.2f}" for k, v in result.last_eval.items()))
     if state.best is not None:
         table.add_row("best", f"{state.best:.2f}")
+    if state.bad_clips:
+        table.add_row("bad clips", f"{state.bad_clips} unreadable clip(s) replaced by other samples (metrics.jsonl)")
     table.add_row("output", str(result.output_dir))
     console.print(table)
     if line := learning_line(job, cfg, result.output_dir):

@@ -19,6 +19,7 @@ __all__ = [
 Precision = Literal["bf16", "fp16", "fp32"]
 Device = Literal["auto", "cuda", "cpu"]
 CompileMode = Literal["default", "max-autotune-gemm", "max-autotune-no-cudagraphs"]
+BadClipPolicy = Literal["skip", "fail"]
 COMPILE_MODES: dict[str, dict] = {
     "default": {},
     "max-autotune-gemm": {"options": {"max_autotune_gemm": True}},
@@ -125,6 +126,12 @@ class RunConfig:
                                  "baseline).")  # fmt: skip
     compile: bool = compile_option()
     compile_mode: CompileMode = compile_mode_option()
+    on_bad_clip: BadClipPolicy = option(
+        "skip", panel="Data", metavar="skip|fail",
+        help="A clip whose chunk file cannot be read during training (corrupt, truncated or deleted since the "
+        "start-up checks): skip it, train on another sample in its place and count it (metrics.jsonl, a "
+        "warning, the summary); or fail, naming the file.",
+    )  # fmt: skip
     loader_timeout: float = 300.0
     """Seconds to wait for one batch before failing instead of hanging."""
 
@@ -146,6 +153,8 @@ class RunConfig:
             out.append(f"clip_grad_norm={self.clip_grad_norm} must be positive")
         if self.eval_every < 0:
             out.append(f"eval_every={self.eval_every} must be 0 or more")
+        if self.on_bad_clip not in get_args(BadClipPolicy):
+            out.append(f"on_bad_clip={self.on_bad_clip!r} is not skip or fail")
         if self.compile_mode != "default" and not self.compile:
             out.append(f"compile_mode={self.compile_mode!r} needs compile")
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from avtool.atomic import atomic_write_text
+from avtool.data.bad_clips import BadClipTally, ReplaceBadClips
 from avtool.data.loader import LoaderConfig, make_loader, set_epoch
 from avtool.errors import AvtoolError
 from avtool.train import distributed
@@ -89,6 +90,8 @@ class TrainState:
     """Optimiser steps done in the current epoch."""
     best: float | None = None
     """Best value of the job's best_metric so far."""
+    bad_clips: int = 0
+    """Unreadable clips replaced by other samples so far (``--on-bad-clip skip``), all ranks together."""
 
 
 @dataclass(frozen=True)
@@ -171,14 +174,30 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
     interrupted = False
     r.training.model.train()
     # Closing the loader stops its workers now, before the process group goes and on any error.
+    first_step = r.state.step
     with r.monitor, r.loader:
         try:
             _train_epochs(r)
         except KeyboardInterrupt:
             interrupted = True
-            _save(r, step_checkpoint_path(r.out, r.state.step))
+            _save(r, step_checkpoint_path(r.out, r.state.step), collective=False)
             r.monitor.print(f"interrupted: saved step {r.state.step}; rerun the same command to resume")
+        except AvtoolError as e:
+            # A bad clip (--on-bad-clip fail), a dead worker, an evaluation that cannot read its data: the steps
+            # trained so far are kept, so that the rerun after the fix resumes instead of starting over.
+            if r.state.step == first_step:
+                raise
+            raise AvtoolError(f"{e}; {_save_after_error(r)}") from None
     return FitResult(r.state, r.out, r.monitor.last, r.last_eval, interrupted)
+
+
+def _save_after_error(r: _Run) -> str:
+    """Save the run where an error stopped it; what happened, for the error's message."""
+    try:
+        _save(r, step_checkpoint_path(r.out, r.state.step), collective=False)
+    except (OSError, AvtoolError) as e:
+        return f"the checkpoint of step {r.state.step} could not be saved either ({e})"
+    return f"saved step {r.state.step} first: rerun the same command to resume"
 
 
 def flush_denormals(device: torch.device) -> None:
@@ -194,9 +213,11 @@ def build_loader(
     job: Job, run: RunConfig, env: DistEnv, dataset: Dataset | None = None, collate_fn: Callable | None = None
 ) -> DataLoader:
     """The training loader of ``job`` on this rank, as a run iterates it; a benchmark may pass the job's
-    training set and collation wrapped (``dataset``, ``collate_fn``)."""
+    training set and collation wrapped (``dataset``, ``collate_fn``). Unreadable clips are replaced or fatal
+    as ``run.on_bad_clip`` says (``avtool.data.bad_clips``)."""
+    dataset = dataset if dataset is not None else job.train_dataset()
     loader = make_loader(
-        dataset if dataset is not None else job.train_dataset(),
+        ReplaceBadClips(dataset, seed=run.seed, fail=run.on_bad_clip == "fail"),
         LoaderConfig(batch_size=run.batch_size, workers=run.workers, timeout=run.loader_timeout, seed=run.seed),
         env.rank, env.world_size, collate_fn=collate_fn or job.collate(),
     )  # fmt: skip
@@ -217,6 +238,8 @@ class Training:
     """One optimiser step; holds the optimiser and the gradient scaler."""
     state: TrainState
     """Where the run is (restored from ``resume_from``, else the start)."""
+    bad_clips: BadClipTally = field(default_factory=BadClipTally)
+    """Clips the loader replaced in the batches taken since the loop last looked."""
 
 
 def build_training(
@@ -253,7 +276,9 @@ def train_one_step(
         nonlocal data_seconds
         for _ in range(training.train_step.accum_steps):
             waited = time.perf_counter()
-            batch = _to_device(next(batches), env.device)
+            batch = next(batches)
+            training.bad_clips.add(batch)
+            batch = _to_device(batch, env.device)
             data_seconds += time.perf_counter() - waited
             yield batch
 
@@ -305,7 +330,7 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
     monitor = TrainMonitor(
         out / "metrics.jsonl", enabled=env.is_main, total_steps=total_steps, first_step=state.step,
         videos_per_step=global_batch, world_size=env.world_size, log_every=run.log_every, device=env.device,
-        console=console,
+        console=console, bad_clips=state.bad_clips,
     )  # fmt: skip
     return _Run(
         job=job, run=run, config=config, env=env, out=out, loader=loader, steps_per_epoch=steps_per_epoch,
@@ -358,6 +383,7 @@ def _train_epochs(r: _Run) -> None:
     if state.step_in_epoch:
         _save(r, step_checkpoint_path(r.out, state.step))
     r.monitor.flush(state.step, state.epoch, r.schedule(max(state.step - 1, 0)))
+    state.bad_clips = r.monitor.bad_clips_total
 
 
 def _steps_left(r: _Run) -> bool:
@@ -374,6 +400,7 @@ def _run_epoch(r: _Run, batches: Iterator[dict[str, Any]]) -> None:
         loss, extra, data_seconds = train_one_step(r.job, r.training, batches, r.env)
         state.step += 1
         state.step_in_epoch += 1
+        r.monitor.bad_clips(*r.training.bad_clips.take())
         r.monitor.step(state.step, state.epoch, lr, loss, data_seconds, extra)
         if state.step % r.run.save_every == 0:
             _save(r, step_checkpoint_path(r.out, state.step))
@@ -422,9 +449,11 @@ def _evaluate(r: _Run) -> dict[str, float] | None:
     return metrics
 
 
-def _save(r: _Run, path: Path) -> None:
-    """Write a checkpoint of the run (on rank 0); its time is left out of the training speed."""
+def _save(r: _Run, path: Path, collective: bool = True) -> None:
+    """Write a checkpoint of the run (on rank 0); its time is left out of the training speed. ``collective``:
+    every rank saves at this step (the count of replaced clips is summed over them first)."""
     started = time.perf_counter()
+    r.state.bad_clips = r.monitor.sync_bad_clips(collective)
     if r.env.is_main:
         step = r.training.train_step
         save_checkpoint(path, _checkpoint(r.training.model, step.optimizer, step.scaler, r.state, r.job, r.config))

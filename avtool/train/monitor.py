@@ -3,7 +3,8 @@
 Each line of ``metrics.jsonl`` averages the steps since the previous line: loss, learning rate, data
 time (seconds per step spent waiting for the loader: the "data-loading overhead" column of the paper's
 Table 4), step time (wall seconds per step, data wait included: its "training speed" column), the
-data-wait fraction, videos/s over all GPUs and per GPU, and the CUDA memory peak of the window.
+data-wait fraction, videos/s over all GPUs and per GPU, the CUDA memory peak of the window, and the
+unreadable clips the loader replaced in it (``bad_clips``, all ranks; a warning line when there are any).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -28,6 +31,8 @@ class _Window:
     start: float = field(default_factory=time.perf_counter)
     excluded: float = 0.0
     """Seconds inside the window that were not training (evaluation, checkpoints)."""
+    bad_clips: int = 0
+    """Unreadable clips replaced in the window, all ranks."""
 
 
 class TrainMonitor:
@@ -45,6 +50,7 @@ class TrainMonitor:
         log_every: int,
         device: torch.device,
         console: Console | None = None,
+        bad_clips: int = 0,
     ) -> None:
         self.path = path
         self.enabled = enabled
@@ -54,6 +60,10 @@ class TrainMonitor:
         self.device = device
         self.window = _Window()
         self.last: dict[str, Any] = {}
+        self.bad_clips_total = bad_clips
+        """Unreadable clips replaced in the run so far (all ranks, as of the last sync)."""
+        self._bad_pending = 0
+        self._bad_reason = ""
         self.progress: Progress | None = None
         if enabled:
             self.progress = Progress(
@@ -80,6 +90,25 @@ class TrainMonitor:
         if self.progress is not None:
             self.progress.console.print(message, highlight=False)
 
+    def bad_clips(self, count: int, reason: str) -> None:
+        """Record clips this rank's loader replaced (``reason``: why the first failed)."""
+        self._bad_pending += count
+        if reason and not self._bad_reason:
+            self._bad_reason = reason
+
+    def sync_bad_clips(self, collective: bool = True) -> int:
+        """Move the replaced clips recorded since the last sync into the window and the run's total, summed
+        over ranks when ``collective`` (every rank must call it then); returns the run's total."""
+        pending = self._bad_pending
+        if collective and self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            summed = torch.tensor([pending], dtype=torch.int64, device=self.device)
+            dist.all_reduce(summed)
+            pending = int(summed.item())
+        self._bad_pending = 0
+        self.window.bad_clips += pending
+        self.bad_clips_total += pending
+        return self.bad_clips_total
+
     def step(self, step: int, epoch: int, lr: float, loss: torch.Tensor, data_seconds: float,
              extra: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:  # fmt: skip
         """Record a finished optimiser step; every ``log_every`` steps, return and write the averages."""
@@ -99,6 +128,7 @@ class TrainMonitor:
 
     def flush(self, step: int, epoch: int, lr: float) -> dict[str, Any] | None:
         """Write the averages of the steps since the last line (None if there are none)."""
+        self.sync_bad_clips()
         w = self.window
         if w.steps == 0:
             return None
@@ -113,13 +143,18 @@ class TrainMonitor:
             "data_wait_fraction": w.data_seconds / wall if wall > 0 else 0.0,
             "videos_per_s": self.videos_per_step / step_time,
             "videos_per_s_per_gpu": self.videos_per_step / step_time / self.world_size,
-            **extras,
+            "bad_clips": w.bad_clips, **extras,
         }  # fmt: skip
         if self.device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
             torch.cuda.reset_peak_memory_stats(self.device)
         self.last = record
         self.write(record)
+        if w.bad_clips:
+            first = f"; the first: {escape(self._bad_reason)}" if self._bad_reason else ""
+            self.print(f"[yellow]warning:[/] {w.bad_clips} unreadable clip(s) replaced by other samples by step "
+                       f"{step} ({self.bad_clips_total} in the run){first}")  # fmt: skip
+            self._bad_reason = ""
         if self.progress is not None:
             self.progress.update(self.task, completed=step)
             memory = f" mem {record['peak_memory_gb']:.1f} GB" if "peak_memory_gb" in record else ""

@@ -14,6 +14,7 @@ from avtool.video.decode.base import (
     MODES,
     Access,
     Backend,
+    BadChunkError,
     Decoder,
     DecoderConfig,
     Mode,
@@ -21,7 +22,8 @@ from avtool.video.decode.base import (
 )
 
 __all__ = [
-    "ACCESSES", "BACKENDS", "MODES", "Access", "Backend", "Decoder", "DecoderConfig", "Mode", "StageTimes",
+    "ACCESSES", "BACKENDS", "MODES", "Access", "Backend", "BadChunkError", "Decoder", "DecoderConfig", "Mode",
+    "StageTimes",
     "make_decoder", "read_clip",
 ]  # fmt: skip
 

@@ -20,6 +20,11 @@ ACCESSES: tuple[Access, ...] = ("sequential", "seek")
 BACKENDS: tuple[Backend, ...] = ("pyav", "pyav-nvdec", "decord")
 
 
+class BadChunkError(AvtoolError):
+    """A chunk file cannot give the frames a clip needs (missing, unreadable, truncated, corrupt): a fault of
+    the data, not of the configuration, so a training run may replace the clip (``--on-bad-clip``)."""
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """Backend, mode and access of the clip decoder; with ``nvdec_workers`` a data loader gives K of its

@@ -16,10 +16,9 @@ from time import perf_counter
 
 import numpy as np
 
-from avtool.errors import AvtoolError
 from avtool.video.clips import ChunkRead
 from avtool.video.crops import Crop
-from avtool.video.decode.base import DecoderConfig, StageTimes, check_rate
+from avtool.video.decode.base import BadChunkError, DecoderConfig, StageTimes, check_rate
 from avtool.video.decode.resize import crop_resize
 
 
@@ -46,14 +45,14 @@ class DecordDecoder:
         scaled_h = max(round(read.height * size / crop.h), size) if fused else -1
         source = io.BytesIO(read.source) if isinstance(read.source, bytes) else str(read.source)
         if isinstance(source, str) and not read.source.exists():
-            raise AvtoolError(f"{read.label}: chunk file missing")
+            raise BadChunkError(f"{read.label}: chunk file missing")
         try:
             t = perf_counter()
             reader = decord.VideoReader(source, num_threads=self.config.threads, width=scaled_w, height=scaled_h)
             check_rate(read, reader.get_avg_fps())
             stage.open += perf_counter() - t
             if wanted[-1] >= len(reader):
-                raise AvtoolError(
+                raise BadChunkError(
                     f"{read.label}: frame {wanted[-1]} not found in the chunk ({len(reader)} frames; "
                     "metadata says the chunk is longer than it is)"
                 )
@@ -64,7 +63,7 @@ class DecordDecoder:
                 frames = _sequential(reader, wanted)
             stage.decode += perf_counter() - t
         except decord.DECORDError as e:
-            raise AvtoolError(f"{read.label}: undecodable chunk ({str(e).splitlines()[0]})") from None
+            raise BadChunkError(f"{read.label}: undecodable chunk ({str(e).splitlines()[0]})") from None
         t = perf_counter()
         if fused:
             x = min(round(crop.x * size / crop.w), scaled_w - size)

@@ -6,7 +6,7 @@ appears, so groups of pictures without a requested frame are never decoded (and 
 requested frame is more than a second ahead, the demuxer seeks there instead of reading up to it);
 with ``skip_nonref`` the decoder also skips non-reference frames nobody asked for. Only the
 requested frames are converted to RGB. Sequential access decodes every frame from the chunk start,
-as the reference loader does. Either way a frame that cannot be found raises AvtoolError: no
+as the reference loader does. Either way a frame that cannot be found raises BadChunkError: no
 fallback to another frame.
 
 On NVDEC (``pyav-nvdec``) only the requested frames leave the GPU, and they arrive in the software
@@ -33,7 +33,7 @@ from av.video.reformatter import VideoReformatter
 from avtool.errors import AvtoolError
 from avtool.video.clips import ChunkRead
 from avtool.video.crops import Crop
-from avtool.video.decode.base import DecoderConfig, StageTimes, check_rate
+from avtool.video.decode.base import BadChunkError, DecoderConfig, StageTimes, check_rate
 from avtool.video.decode.fused import FusedConverter, geometry
 from avtool.video.decode.resize import crop_resize
 
@@ -89,10 +89,10 @@ class PyAVDecoder:
             if len(frames) < len(wanted):
                 frames = self._run(read, wanted, crop, size, stage, seek=False)
         except av.error.FFmpegError as e:
-            raise AvtoolError(f"{read.label}: undecodable chunk ({_reason(e)})") from None
+            raise BadChunkError(f"{read.label}: undecodable chunk ({_reason(e)})") from None
         missing = [i for i in wanted if i not in frames]
         if missing:
-            raise AvtoolError(
+            raise BadChunkError(
                 f"{read.label}: frame(s) {', '.join(map(str, missing[:5]))} not found in the chunk "
                 "(metadata says the chunk is longer than it is)"
             )
@@ -126,7 +126,7 @@ class PyAVDecoder:
 
             def emit(index: int, frame: av.VideoFrame) -> None:
                 if frame.is_corrupt:
-                    raise AvtoolError(f"{read.label}: frame {index} is corrupt")
+                    raise BadChunkError(f"{read.label}: frame {index} is corrupt")
                 frames[index] = convert(frame)
 
             def index_of(pts: int) -> int:
@@ -400,12 +400,12 @@ def _open(read: ChunkRead) -> av.container.InputContainer:
     try:
         container = av.open(source, options=PROBE_OPTIONS, container_options=PROBE_CONTAINER_OPTIONS)
     except FileNotFoundError:
-        raise AvtoolError(f"{read.label}: chunk file missing") from None
+        raise BadChunkError(f"{read.label}: chunk file missing") from None
     except av.error.InvalidDataError as e:
-        raise AvtoolError(f"{read.label}: not a readable video ({_reason(e)})") from None
+        raise BadChunkError(f"{read.label}: not a readable video ({_reason(e)})") from None
     if not container.streams.video:
         container.close()
-        raise AvtoolError(f"{read.label}: no video stream")
+        raise BadChunkError(f"{read.label}: no video stream")
     return container
 
 
