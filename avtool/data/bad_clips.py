@@ -53,6 +53,8 @@ class ReplaceBadClips(Dataset):
                     raise AvtoolError(f"{e} (--on-bad-clip skip trains on without it)") from None
                 reasons.append(str(e))
                 continue
+            if not isinstance(sample, dict):
+                return sample  # nowhere to carry the count (the training sets' items are dicts)
             return {**sample, BAD_CLIPS: len(reasons), BAD_CLIP_REASON: reasons[0] if reasons else ""}
         raise AvtoolError(f"{MAX_ATTEMPTS} clips in a row could not be read, the last: {reasons[-1]}")
 

@@ -91,11 +91,12 @@ class Block(nn.Module):
         causal: bool = False,
         drop_path: float = 0.0,
         fused_mlp: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(dim)
+        self.ln_1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, impl=attn_impl, causal=causal)
-        self.ln_2 = nn.LayerNorm(dim)
+        self.ln_2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act, fused_mlp)
         self.drop_path = DropPath(drop_path)
 

@@ -16,19 +16,20 @@ class PatchEmbed(nn.Module):
     """
 
     def __init__(
-        self, width: int, patch_size: int, tubelet_size: int = 1, in_chans: int = 3, fast: bool = False
-    ) -> None:
+        self, width: int, patch_size: int, tubelet_size: int = 1, in_chans: int = 3, fast: bool = False,
+        bias: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
         self.fast = fast
         kernel = (tubelet_size, patch_size, patch_size)
-        # CLIP's conv1 has no bias; keep it that way so pretrained weights map one to one.
-        self.proj = nn.Conv3d(in_chans, width, kernel_size=kernel, stride=kernel, bias=False)
+        # CLIP's conv1 has no bias (so pretrained weights map one to one); VideoMAE's has one.
+        self.proj = nn.Conv3d(in_chans, width, kernel_size=kernel, stride=kernel, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
-            return F.linear(self.unfold(x), self.proj.weight.flatten(1))
+            return F.linear(self.unfold(x), self.proj.weight.flatten(1), self.proj.bias)
         return self.proj(x).flatten(2).transpose(1, 2)
 
     def unfold(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""VideoMAE's model, masks and loss on the CPU: the reference shapes, the masks' counts and patterns, the
+targets against a hand computation, and an encoder that never sees what it must reconstruct."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from avtool.models.videomae import (
+    VIDEOMAE_SIZES,
+    VideoMAE,
+    cube_targets,
+    reconstruction_loss,
+    running_cell_mask,
+    sincos_table,
+    tube_mask,
+)
+
+TINY = VIDEOMAE_SIZES["tiny"]
+
+
+def test_vit_b_has_the_reference_shapes_and_parameter_count():
+    with torch.device("meta"):
+        model = VideoMAE(VIDEOMAE_SIZES["base"])
+    c = model.config
+    assert c.grid == (8, 14, 14) and c.num_tokens == 1568 and c.cube_values == 1536
+    assert model.head.out_features == 1536 and model.encoder_to_decoder.bias is None
+    assert len(model.encoder.blocks) == 12 and len(model.decoder.blocks) == 4
+    assert model.decoder.blocks[0].ln_1.eps == 1e-6 and model.patch_embed.proj.bias is not None
+    # VideoMAE's ViT-B pretraining model: 86.2M in the encoder (with the patch embedding), 94.2M in all (the
+    # k-projection bias, which VideoMAE leaves out, is 768 per block and does not change the function).
+    encoder = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("patch_embed", "encoder.")))
+    total = sum(p.numel() for p in model.parameters())
+    assert abs(encoder / 1e6 - 86.2) < 0.2 and abs(total / 1e6 - 94.2) < 0.3, (encoder, total)
+
+
+def test_sincos_table_follows_the_formula():
+    table = sincos_table(50, 8)
+    i, j = 7, 5  # odd channel: cos
+    assert table[i, j] == pytest.approx(math.cos(i / 10000 ** (2 * (j // 2) / 8)), abs=1e-6)
+    assert table[i, 4] == pytest.approx(math.sin(i / 10000 ** (4 / 8)), abs=1e-6)
+
+
+def test_tube_mask_hides_the_same_positions_at_every_time_step():
+    g = torch.Generator().manual_seed(0)
+    mask = tube_mask(5, (8, 14, 14), 0.9, generator=g)
+    assert mask.shape == (5, 1568) and mask.dtype == torch.bool
+    frames = mask.reshape(5, 8, 196)
+    assert (frames == frames[:, :1]).all()  # a tube
+    assert (frames[:, 0].sum(dim=1) == 176).all() and ((~mask).sum(dim=1) == 160).all()
+    assert not torch.equal(frames[0, 0], frames[1, 0])  # drawn per clip
+    again = tube_mask(5, (8, 14, 14), 0.9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)
+    with pytest.raises(ValueError, match="no visible"):
+        tube_mask(1, (1, 2, 2), 1.0)
+
+
+def test_running_cell_decodes_half_of_each_frame_in_a_rotating_pattern():
+    mask = running_cell_mask(3, (8, 14, 14), generator=torch.Generator().manual_seed(1))
+    assert mask.shape == (3, 1568) and ((~mask).sum(dim=1) == 784).all()  # decoder length 160 + 784 = 944 in V2
+    cells = mask.reshape(3, 8, 7, 2, 7, 2).permute(0, 1, 2, 4, 3, 5).reshape(3, 8, 49, 4)
+    assert (cells.sum(dim=-1) == 2).all()  # every 2×2 cell: two decoded, two not
+    assert (cells == cells[:, :, :1]).all()  # the same pattern tiled over the frame
+    for t in range(7):  # shifted by one place per time step
+        assert torch.equal(cells[:, t + 1, 0], cells[:, t, 0].roll(1, dims=-1))
+    per_position = (~mask).reshape(3, 8, 196).sum(dim=1)
+    assert (per_position == 4).all()  # each position decoded in 4 of the 8 time steps
+
+
+def test_cube_targets_normalise_each_cube_per_channel_channel_fastest():
+    video = torch.rand(2, 3, 4, 32, 32) * 255
+    targets = cube_targets(video, tubelet=2, patch=16)
+    assert targets.shape == (2, 2 * 2 * 2, 1536)
+    # Cube 3 of clip 1: time slot 0, row 1, column 1 (frame-major, then rows, then columns).
+    cube = video[1, :, 0:2, 16:32, 16:32].reshape(3, -1)  # (channel, 512 pixels in t, y, x order)
+    expected = (cube - cube.mean(dim=1, keepdim=True)) / (cube.std(dim=1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(targets[1, 3], expected.t().reshape(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_the_encoder_never_sees_masked_cubes_and_the_loss_counts_only_them():
+    torch.manual_seed(0)
+    model = VideoMAE(TINY).eval()
+    B = 2
+    video = torch.randn(B, 3, 4, 32, 32)
+    mask = tube_mask(B, TINY.grid, 0.75)
+    hidden = mask.reshape(B, 2, 4, 4)  # (time slots, rows, columns) of 2 × 8 × 8 cubes
+    changed = video.clone()
+    for b, t, y, x in hidden.nonzero().tolist():
+        changed[b, :, 2 * t : 2 * t + 2, 8 * y : 8 * y + 8, 8 * x : 8 * x + 8] = 99.0
+    torch.testing.assert_close(model.encode(video, mask), model.encode(changed, mask))
+
+    # V1 decodes every hidden position; V2's running cell half of each frame, counting only hidden ones.
+    full = model(video, mask)
+    assert full.pred.shape == (B, int(mask[0].sum()), TINY.cube_values) and full.counts.all()
+    cell = running_cell_mask(B, TINY.grid)
+    half = model(video, mask, cell)
+    assert half.pred.shape[1] == TINY.num_tokens // 2
+    torch.testing.assert_close(half.counts, mask.gather(1, half.positions))
+    assert not (~cell).gather(1, half.positions).logical_not().any()  # only decoded positions come back
+
+    targets = cube_targets(video, TINY.tubelet_size, TINY.patch_size)
+    loss = reconstruction_loss(half, targets)
+    index = half.positions[..., None].expand(-1, -1, targets.shape[-1])
+    by_hand = ((half.pred - targets.gather(1, index)) ** 2).mean(-1)[half.counts].mean()
+    torch.testing.assert_close(loss, by_hand)
+
+
+def test_a_few_steps_learn_to_reconstruct_one_clip():
+    torch.manual_seed(0)
+    model = VideoMAE(TINY)
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = tube_mask(2, TINY.grid, 0.75, generator=torch.Generator().manual_seed(0))
+    targets = cube_targets(video, TINY.tubelet_size, TINY.patch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = reconstruction_loss(model(video, mask), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses[::10]  # a fixed clip and mask: memorised steadily
