@@ -185,3 +185,19 @@ def test_a_deleted_chunk_is_named_wherever_it_was(tmp_path):
             (folder / f"{start}.mp4").write_bytes(b"")  # never opened: the gap is found from the names
         with pytest.raises(AvtoolError, match=rf"chunk\(s\) missing: {missing} \(chunks every 15 s expected\)"):
             ChunkIndex(tmp_path / str(kept)).get("video.mp4")
+
+
+def test_avion_jittered_stride_sampling():
+    from avtool.video.clips import jittered_stride_frame_ids
+
+    rng = np.random.default_rng(0)
+    starts = []
+    for _ in range(500):
+        ids = jittered_stride_frame_ids(300, 16, 4, rng)
+        assert len(ids) == 16 and ids == sorted(ids) and 0 <= ids[0] and ids[-1] < 300
+        # start + 4k + a jitter in [0, 4): frame k lies within 3 of 4k after the first.
+        assert all(abs(i - ids[0] - 4 * k) < 4 for k, i in enumerate(ids))
+        starts.append(ids[0])
+    assert max(starts) < 300 - 68 + 4 and min(starts) < 8  # start in [0, 300 − 68), plus a jitter below 4
+    short = jittered_stride_frame_ids(40, 16, 4, rng)  # shorter than 68 frames: from 0, wrapping around
+    assert len(short) == 16 and max(short) < 40

@@ -80,3 +80,29 @@ def test_policy_flips_with_the_given_probability_and_needs_a_generator():
         CropPolicy(scale=(0.9, 0.5))
     with pytest.raises(AvtoolError, match="does not fit"):
         Crop(300, 0, 100, 100).check(320, 240)
+
+
+def test_multi_scale_crop_takes_videomae_sizes_and_its_13_fixed_offsets():
+    from avtool.video.crops import multi_scale_crop
+
+    rng = np.random.default_rng(0)
+    width, height = 569, 320  # Kinetics re-encoded to a short side of 320
+    sides = [320, 280, 240, 211]  # int(320 · {1, .875, .75, .66})
+    seen_sizes, seen_offsets = set(), set()
+    for _ in range(3000):
+        crop = multi_scale_crop(width, height, rng)
+        i, j = sides.index(crop.h), sides.index(crop.w)
+        assert abs(i - j) <= 1  # width and height at most one scale apart
+        step_x, step_y = (width - crop.w) // 4, (height - crop.h) // 4
+        assert crop.x % max(step_x, 1) == 0 and crop.y % max(step_y, 1) == 0
+        seen_sizes.add((crop.w, crop.h))
+        seen_offsets.add((crop.x // max(step_x, 1), crop.y // max(step_y, 1)) if step_x and step_y else None)
+        crop.check(width, height)
+    assert len(seen_sizes) == 10  # 4 + 3 + 3 pairs with |i − j| ≤ 1
+    grid = {(0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)}
+    assert seen_offsets - {None} == grid
+    # A side within 3 px of the output size becomes it: 0.875 · 254 = 222 → 224.
+    snapped = {multi_scale_crop(400, 254, np.random.default_rng(s)).h for s in range(200)}
+    assert 224 in snapped and 222 not in snapped
+    policy = CropPolicy(kind="multi-scale", flip=0.5)
+    assert {policy.draw(width, height, rng).flip for _ in range(50)} == {True, False}

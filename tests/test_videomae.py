@@ -3,8 +3,11 @@ targets against a hand computation, and an encoder that never sees what it must 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -17,6 +20,8 @@ from avtool.models.videomae import (
     sincos_table,
     tube_mask,
 )
+
+pytest_plugins = ("tests.clip_fixtures",)
 
 TINY = VIDEOMAE_SIZES["tiny"]
 
@@ -122,3 +127,55 @@ def test_a_few_steps_learn_to_reconstruct_one_clip():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses[::10]  # a fixed clip and mask: memorised steadily
+
+
+def _kinetics_list(chunks: Path, path: Path) -> Path:
+    """A Kinetics-style list (AVION's 'path num_frames label') over the chunked sample's videos."""
+    manifest = pd.read_csv(chunks / "manifest.csv")
+    frames = manifest.groupby("video").frames.sum()
+    lines = [f"{video} {count} {label % 3}" for label, (video, count) in enumerate(frames.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_videomae_runs_resumes_and_records_its_model(small_sample, chunked_sample, tmp_path):
+    from avtool.train import videomae
+    from avtool.train.checkpoint import latest_checkpoint, load_checkpoint
+    from avtool.train.config import RunConfig
+    from avtool.train.model_factory import model_from_config_dict
+
+    train_list = _kinetics_list(chunked_sample, tmp_path / "train.txt")
+
+    def config(out: Path, **run: object) -> videomae.VideoMAETrainConfig:
+        fields = dict(output_dir=out, epochs=2, batch_size=2, workers=0, log_every=1, save_every=100, seed=1)
+        return videomae.VideoMAETrainConfig(chunked_sample, train_list, size="tiny", grad_checkpointing=False,
+                                            mask_ratio=0.75, decoder_mask="running-cell",
+                                            run=RunConfig(**{**fields, **run}))  # fmt: skip
+
+    full = videomae.run(config(tmp_path / "full"))
+    steps = full.state.step
+    assert steps >= 4 and full.state.epoch == 2
+    records = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, steps + 1))
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    checkpoint = load_checkpoint(latest_checkpoint(tmp_path / "full"))
+    model = model_from_config_dict(checkpoint["model_config"])
+    assert isinstance(model, VideoMAE) and model.config.width == TINY.width
+    model.load_state_dict(checkpoint["model"])
+    # The masks come from the step's seed: a run stopped and resumed ends with the same weights.
+    videomae.run(config(tmp_path / "resumed", stop_after=steps // 2 + 1))
+    videomae.run(config(tmp_path / "resumed"))
+    resumed = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))["model"]
+    for name, value in checkpoint["model"].items():
+        torch.testing.assert_close(value, resumed[name], msg=name)
+
+
+def test_train_videomae_checks_its_settings_in_one_line(chunked_sample, tmp_path):
+    from avtool.errors import AvtoolError
+    from avtool.train import videomae
+
+    train_list = _kinetics_list(chunked_sample, tmp_path / "train.txt")
+    bad = videomae.VideoMAETrainConfig(chunked_sample, train_list, size="tiny", mask_ratio=1.0,
+                                       decoder_mask="running-cell", decoder_mask_ratio=0.3)  # fmt: skip
+    with pytest.raises(AvtoolError, match=r"mask_ratio=1.0 is outside.*decoder_mask_ratio=0.3"):
+        videomae.run(bad)

@@ -362,8 +362,15 @@ def _gpu_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv) ->
 def _gather(loader: Any, batches: int, size: int) -> dict[str, Any]:
     """``batches`` batches of the loader as one batch of ``size`` clips."""
     parts = list(itertools.islice(iter(loader), batches))
-    return {key: torch.cat([p[key] for p in parts])[:size] if key != LOAD_SECONDS else parts[0][key]
-            for key in parts[0]}  # fmt: skip
+
+    def joined(key: str) -> Any:
+        if key == LOAD_SECONDS:
+            return parts[0][key]
+        if isinstance(parts[0][key], torch.Tensor):
+            return torch.cat([p[key] for p in parts])[:size]
+        return [item for p in parts for item in p[key]][:size]  # strings (texts, bad-clip reasons)
+
+    return {key: joined(key) for key in parts[0]}
 
 
 def _loader_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv, workers: int) -> Timing:

@@ -11,7 +11,7 @@ import numpy as np
 from avtool.data.base import ClipConfig, ClipDataset, split_key
 from avtool.data.problems import Problems
 from avtool.errors import AvtoolError
-from avtool.video.clips import key_problem, segment_frame_ids, stride_frame_ids
+from avtool.video.clips import jittered_stride_frame_ids, key_problem, segment_frame_ids, stride_frame_ids
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class KineticsConfig:
     stride: int | None = None
     """None: ``num_frames`` segment midpoints over the whole video; k: consecutive frames k apart
     from a random (training) or centred (evaluation) start, as VideoMAE samples (k=4)."""
+    jitter: bool = False
+    """With ``stride``, in training: AVION's rule instead (each frame jittered within its stride, the start
+    leaving one stride of room; ``jittered_stride_frame_ids``)."""
 
 
 class KineticsList(ClipDataset):
@@ -76,6 +79,8 @@ class KineticsList(ClipDataset):
         jitter = rng if self.clips.train else None
         if self.config.stride is None:
             ids = segment_frame_ids(0, total, self.clips.num_frames, jitter)
+        elif self.config.jitter and jitter is not None:
+            ids = jittered_stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
         else:
             ids = stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
         return {"video": self.load_frames(video, ids, rng), "label": int(self._labels[index]), "index": index}

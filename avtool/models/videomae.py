@@ -185,6 +185,10 @@ class VideoMAE(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
+    def no_weight_decay(self) -> tuple[str, ...]:
+        """Parameters AdamW leaves undecayed besides biases and norms (as VideoMAE)."""
+        return ("mask_token",)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
         self.decoder.set_grad_checkpointing(enable)

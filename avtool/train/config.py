@@ -164,8 +164,8 @@ class RunConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule (appendix B of the paper)."""
 
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    """AdamW (pretraining, MIR) or SGD with momentum (CLS)."""
+    optimizer: Literal["adamw", "sgd", "lion"] = "adamw"
+    """AdamW (pretraining, MIR), SGD with momentum (CLS) or Lion (AVION's released VideoMAE run)."""
     lr: float = option(3e-5, panel="Optimisation", help="Peak learning rate (CLS: per 128 clips of global batch, "
                        "scaled to the batch).")  # fmt: skip
     lr_batch_scale: int | None = None
@@ -189,8 +189,8 @@ class OptimConfig:
 
     def problems(self) -> list[str]:
         out = []
-        if self.optimizer not in ("adamw", "sgd"):
-            out.append(f"optimizer={self.optimizer!r} is not adamw or sgd")
+        if self.optimizer not in ("adamw", "sgd", "lion"):
+            out.append(f"optimizer={self.optimizer!r} is not adamw, sgd or lion")
         if self.lr <= 0:
             out.append(f"lr={self.lr} must be positive")
         if self.warmup_epochs < 0:

@@ -127,6 +127,15 @@ def stride_frame_ids(total: int, num_frames: int, stride: int, rng: np.random.Ge
     return [min(first + i * stride, total - 1) for i in range(num_frames)]
 
 
+def jittered_stride_frame_ids(total: int, num_frames: int, stride: int, rng: np.random.Generator) -> list[int]:
+    """AVION's VideoMAE sampling: a start uniform in [0, total − (num_frames + 1)·stride) (0 when the video is
+    shorter), then start + k·stride + a jitter in [0, stride) per frame, modulo ``total``; returned in order."""
+    room = total - (num_frames + 1) * stride
+    first = int(rng.integers(0, room)) if room > 0 else 0
+    jitter = rng.integers(0, stride, size=num_frames)
+    return sorted((first + k * stride + int(j)) % total for k, j in enumerate(jitter))
+
+
 def plan_frames(video: ChunkedVideo, frame_ids: Sequence[int]) -> ClipPlan:
     """Group global frame ids by the chunk that holds them."""
     ids = sorted(int(i) for i in frame_ids)

@@ -65,6 +65,29 @@ def random_resized_crop(
     return Crop((width - w) // 2, (height - h) // 2, w, h)
 
 
+MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)
+"""Crop sides as fractions of the short side in VideoMAE's multi-scale crop."""
+
+
+def multi_scale_crop(
+    width: int, height: int, rng: np.random.Generator, output_size: int = 224,
+    scales: tuple[float, ...] = MULTI_SCALES, max_distort: int = 1,
+) -> Crop:  # fmt: skip
+    """VideoMAE's multi-scale crop (after TSN): side lengths int(short side · scale) for each scale (a length
+    within 3 px of ``output_size`` becomes ``output_size``), width and height from scale indices at most
+    ``max_distort`` apart, and the offset one of 13 fixed points on a 4 × 4 grid of the room left: the
+    corners, the centre, the edge centres and the four quarter points."""
+    short = min(width, height)
+    sides = [output_size if abs(int(short * s) - output_size) < 3 else int(short * s) for s in scales]
+    sides = [min(side, short) for side in sides]
+    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
+    w, h = pairs[int(rng.integers(len(pairs)))]
+    step_x, step_y = (width - w) // 4, (height - h) // 4
+    grid = ((0, 0), (4, 0), (0, 4), (4, 4), (2, 2), (0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3))
+    gx, gy = grid[int(rng.integers(len(grid)))]
+    return Crop(gx * step_x, gy * step_y, w, h)
+
+
 def center_crop(width: int, height: int) -> Crop:
     """The centred square of the short side: resizing it to S equals "short side to S, centre S×S"."""
     side = min(width, height)
@@ -75,18 +98,21 @@ def center_crop(width: int, height: int) -> Crop:
 class CropPolicy:
     """How a dataset crops its clips."""
 
-    kind: Literal["random-resized", "center"] = "random-resized"
-    """``random-resized`` for training, ``center`` for evaluation."""
+    kind: Literal["random-resized", "multi-scale", "center"] = "random-resized"
+    """``random-resized`` (LaViLa, EK-100) or ``multi-scale`` (VideoMAE) for training, ``center`` for
+    evaluation."""
     scale: tuple[float, float] = (0.5, 1.0)
     """Area fraction range of RandomResizedCrop (the paper uses 0.5-1)."""
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     """Aspect ratio range of RandomResizedCrop."""
     flip: float = 0.0
-    """Probability of a horizontal flip (EK-100 CLS fine-tuning uses 0.5)."""
+    """Probability of a horizontal flip (EK-100 CLS fine-tuning and AVION's VideoMAE use 0.5)."""
+    output_size: int = 224
+    """The size crops are resized to: the multi-scale crop snaps side lengths within 3 px of it."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("random-resized", "center"):
-            raise AvtoolError(f"crop kind must be random-resized or center, got {self.kind!r}")
+        if self.kind not in ("random-resized", "multi-scale", "center"):
+            raise AvtoolError(f"crop kind must be random-resized, multi-scale or center, got {self.kind!r}")
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise AvtoolError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {self.scale}")
         if not 0 < self.ratio[0] <= self.ratio[1]:
@@ -98,9 +124,11 @@ class CropPolicy:
         """One crop for a clip; ``rng`` may be None only for a centre crop without flips."""
         if self.kind == "center":
             crop = center_crop(width, height)
+        elif rng is None:
+            raise AvtoolError(f"a {self.kind} crop needs a random generator")
+        elif self.kind == "multi-scale":
+            crop = multi_scale_crop(width, height, rng, self.output_size)
         else:
-            if rng is None:
-                raise AvtoolError("a random-resized crop needs a random generator")
             crop = random_resized_crop(width, height, rng, self.scale, self.ratio)
         if self.flip > 0:
             if rng is None:
