@@ -179,3 +179,25 @@ def test_train_videomae_checks_its_settings_in_one_line(chunked_sample, tmp_path
                                        decoder_mask="running-cell", decoder_mask_ratio=0.3)  # fmt: skip
     with pytest.raises(AvtoolError, match=r"mask_ratio=1.0 is outside.*decoder_mask_ratio=0.3"):
         videomae.run(bad)
+
+
+def test_lion_takes_the_hand_computed_step_and_the_mask_token_is_not_decayed():
+    from avtool.train.config import OptimConfig
+    from avtool.train.optim import Lion, build_optimizer, parameter_groups
+
+    assert isinstance(build_optimizer(VideoMAE(TINY), OptimConfig(optimizer="lion"), torch.device("cpu")), Lion)
+    param = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    lion = Lion([param], lr=0.1, betas=(0.9, 0.99), weight_decay=0.05)
+    momentum = torch.tensor([0.3, 0.0, -1.0])
+    lion.state[param]["exp_avg"] = momentum.clone()
+    param.grad = torch.tensor([-1.0, 2.0, 5.0])
+    expected = param.detach() * (1 - 0.1 * 0.05) - 0.1 * torch.sign(0.9 * momentum + 0.1 * param.grad)
+    lion.step()
+    torch.testing.assert_close(param.detach(), expected)
+    torch.testing.assert_close(lion.state[param]["exp_avg"], 0.99 * momentum + 0.01 * param.grad)
+
+    model = VideoMAE(TINY)
+    decayed, undecayed = parameter_groups(model, 0.05)
+    assert any(p is model.mask_token for p in undecayed["params"])
+    assert not any(p is model.mask_token for p in decayed["params"])
+    assert all(p.ndim >= 2 for p in decayed["params"])

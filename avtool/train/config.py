@@ -164,8 +164,11 @@ class RunConfig:
 class OptimConfig:
     """Optimiser and learning-rate schedule (appendix B of the paper)."""
 
-    optimizer: Literal["adamw", "sgd", "lion"] = "adamw"
-    """AdamW (pretraining, MIR), SGD with momentum (CLS) or Lion (AVION's released VideoMAE run)."""
+    optimizer: Literal["adamw", "sgd", "lion"] = option(
+        "adamw", panel="Optimisation", metavar="adamw|sgd|lion",
+        help="AdamW (pretraining, MIR, VideoMAE), SGD with momentum (CLS) or Lion (AVION's released VideoMAE run: "
+        "the sign of the momentum, decoupled weight decay).",
+    )  # fmt: skip
     lr: float = option(3e-5, panel="Optimisation", help="Peak learning rate (CLS: per 128 clips of global batch, "
                        "scaled to the batch).")  # fmt: skip
     lr_batch_scale: int | None = None
