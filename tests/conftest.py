@@ -57,6 +57,7 @@ def make_audio_only(path: Path, seconds: float = 2.0) -> Path:
 SMALL_SAMPLE = dict(
     ego4d_durations=(20.0, 12.0),
     ek100_videos=(("P01_01", 60, 8.0), ("P02_01", 30, 10.0)),
+    kinetics_clips=0,
 )
 
 

@@ -68,7 +68,7 @@ def prepare_sources(inputs: BenchInputs, report: Callable[[str], None]) -> tuple
     from avtool.prep.sample import SampleConfig, make_sample
 
     dest = Path(inputs.data_dir) / f"sample-{inputs.sample_preset}"
-    sample = SampleConfig(dest=dest, preset=inputs.sample_preset)
+    sample = SampleConfig(dest=dest, preset=inputs.sample_preset, kinetics_clips=0)  # the lavila job reads Ego4D
     report(f"sample footage ({inputs.sample_preset}) in {dest}")
     make_sample(sample)
     return dest / "ego4d" / "v1" / "full_scale", dest / "ego4d" / "ego4d_train.pkl"

@@ -59,12 +59,13 @@ def _sample(app: typer.Typer) -> None:
     config_command(app, "sample", SampleConfig, _run_sample, help=SAMPLE_HELP)
 
 
-SAMPLE_HELP = """Write a built-in dataset in the real Ego4D and EPIC-Kitchens-100 layouts (no download).
+SAMPLE_HELP = """Write a built-in dataset in the real Ego4D, EPIC-Kitchens-100 and Kinetics layouts (no download).
 
     Synthetic long videos (30, 50 and 60 fps; 16:9 and 4:3) of coloured objects that are pushed, lifted,
     lowered and shaken, with narrations that say what happens (one per ~2.3 s, as Ego4D's), plus Ego4D
-    narration pickles and EK-100 CSVs, retrieval sentences and relevancy matrices. The footage costs what
-    handheld video costs: its 288p chunks at crf 23 come to ~1 Mb/s, measured and printed at the end.
+    narration pickles and EK-100 CSVs, retrieval sentences and relevancy matrices; and 10-s Kinetics-style
+    clips of one action each (short side 320) with AVION's and VideoMAE's train/val lists. The footage costs
+    what handheld video costs: its 288p chunks at crf 23 come to ~1 Mb/s, measured and printed at the end.
     --preset bench makes 4 h of it for throughput runs."""
 
 

@@ -1,5 +1,6 @@
-"""Kinetics-style list files (VideoMAE): one line ``path num_frames label`` per video, where ``path``
-(relative to the root) is a chunk folder or a plain video file."""
+"""Kinetics-style list files: one line per video, ``path num_frames label`` (AVION's lists; VideoMAE V2's
+pretraining lists ``path 0 -1``: the frame count unknown, no label) or ``path label`` (VideoMAE's), where
+``path`` (relative to the root) is a chunk folder or a plain video file. A count of 0 means the video's own."""
 
 from __future__ import annotations
 
@@ -45,13 +46,13 @@ class KineticsList(ClipDataset):
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            parts = line.rsplit(maxsplit=2)
-            if len(parts) != 3 or not parts[1].lstrip("-").isdigit() or not parts[2].lstrip("-").isdigit():
-                problems.add(f"line {number}: expected 'path num_frames label', got {line!r:.80}")
+            parts = _fields(line)
+            if parts is None:
+                problems.add(f"line {number}: expected 'path num_frames label' or 'path label', got {line!r:.80}")
                 continue
-            key, count, label = parts[0], int(parts[1]), int(parts[2])
-            if count < 1 or label < 0:
-                problems.add(f"line {number}: num_frames must be positive and label non-negative, got {count}, {label}")
+            key, count, label = parts
+            if count < 0 or label < -1:
+                problems.add(f"line {number}: num_frames must be 0 or more and label -1 or more, got {count}, {label}")
                 continue
             if (problem := key_problem(key)) is not None:
                 problems.add(f"line {number}: video {key}: {problem}")
@@ -74,8 +75,8 @@ class KineticsList(ClipDataset):
         epoch, index = split_key(key)
         rng = self.rng(epoch, index)
         video = self.index.get(str(self._keys[index]))
-        # The list's count may be stale (re-encoded videos): never ask for more than the video has.
-        total = min(int(self._frames[index]), video.num_frames)
+        # The list's count may be stale (re-encoded videos) or 0 (unknown): never more than the video has.
+        total = min(int(self._frames[index]) or video.num_frames, video.num_frames)
         jitter = rng if self.clips.train else None
         if self.config.stride is None:
             ids = segment_frame_ids(0, total, self.clips.num_frames, jitter)
@@ -84,3 +85,19 @@ class KineticsList(ClipDataset):
         else:
             ids = stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
         return {"video": self.load_frames(video, ids, rng), "label": int(self._labels[index]), "index": index}
+
+
+def _fields(line: str) -> tuple[str, int, int] | None:
+    """(path, num_frames, label) of a list line in either format (num_frames 0 for VideoMAE's); None when it is
+    neither. Three fields whose last two are integers are AVION's; the path may hold spaces."""
+    three = line.rsplit(maxsplit=2)
+    if len(three) == 3 and all(_is_int(f) for f in three[1:]):
+        return three[0], int(three[1]), int(three[2])
+    two = line.rsplit(maxsplit=1)
+    if len(two) == 2 and _is_int(two[1]):
+        return two[0], 0, int(two[1])
+    return None
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()

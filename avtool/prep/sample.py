@@ -11,6 +11,13 @@ Ego4D layout::
     DEST/ego4d/ego4d_train.rephraser.pkl                       narration is a list of paraphrases
     DEST/ego4d/ego4d_val.pkl                                   held-out video(s)
 
+Kinetics layout (short clips of one action each; the classes are the verbs)::
+
+    DEST/kinetics/{train,val}/<class>/<id>.mp4                 10-s clips, short side 320, 30 fps
+    DEST/kinetics/{train,val}.csv                              AVION's lists: path num_frames label
+    DEST/kinetics/{train,val}_videomae.csv                     VideoMAE's lists: path label
+    DEST/kinetics/classes.txt                                  class names, line i: class i
+
 EPIC-Kitchens-100 layout::
 
     DEST/ek100/P01/P01_01.MP4                                  raw videos, 60, 50 and 30 fps
@@ -41,12 +48,14 @@ from avtool.errors import AvtoolError
 from avtool.options import option
 from avtool.prep.encode import EncodeSettings, trial_bitrate
 from avtool.prep.synthetic import (
+    EVENT_SECONDS,
     NOUNS,
     VERBS,
     Event,
     Script,
     VideoSpec,
     concat_videos,
+    plan_action_script,
     plan_script,
     render_video,
     segments,
@@ -108,6 +117,13 @@ class SampleConfig:
     """(video id, fps, seconds) of each EK-100 video; the last participant is the held-out split (the
     validation CSV and the retrieval test set, 68 clips in the 150-s default, so that zero-shot MIR in
     `make demo` is measured on enough clips to tell learning from chance)."""
+    kinetics_clips: int = option(
+        4, panel="Data",
+        help="Kinetics-layout clips per action class for training (one more per class is held out for "
+        "validation); 0: no Kinetics layout.",
+    )  # fmt: skip
+    kinetics_seconds: float = 10.0
+    """Length of each Kinetics clip (Kinetics' clips are 10 s)."""
     workers: int = option(
         default_factory=lambda: os.cpu_count() or 1,
         flags="--procs",
@@ -121,6 +137,8 @@ class SampleConfig:
             raise AvtoolError(f"--videos must be at least 1, got {self.videos}")
         if self.minutes is not None and not self.minutes > 0:
             raise AvtoolError(f"--minutes must be positive, got {self.minutes}")
+        if self.kinetics_clips < 0 or not self.kinetics_seconds >= 2 * EVENT_SECONDS[0]:
+            raise AvtoolError(f"--kinetics-clips must be 0 or more and clips at least {2 * EVENT_SECONDS[0]:g} s long")
 
     def durations(self) -> tuple[float, ...]:
         """Seconds of each Ego4D video: ``ego4d_durations``, else --videos × --minutes over the preset's."""
@@ -161,7 +179,8 @@ def make_sample(cfg: SampleConfig, on_video_done: Callable[[str], None] | None =
     fingerprint = _fingerprint(cfg)
     ego_jobs, ego_rows = _plan_ego4d(cfg, dest)
     ek_jobs, ek_rows = _plan_ek100(cfg, dest)
-    videos = ego_jobs + ek_jobs
+    kinetics = _plan_kinetics(cfg, dest)
+    videos = ego_jobs + ek_jobs + [(spec, script) for spec, script, _, _ in kinetics]
     report = SampleReport(
         dest, [str(s.path) for s, _ in videos], sum(s.duration for s, _ in videos), len(ego_rows) + len(ek_rows),
         skipped=False,
@@ -176,6 +195,7 @@ def make_sample(cfg: SampleConfig, on_video_done: Callable[[str], None] | None =
     render_videos(videos, cfg.workers, on_video_done)
     _write_ego4d_metadata(cfg, dest, ego_rows)
     _write_ek100_metadata(dest, ek_rows)
+    _write_kinetics_lists(dest, kinetics)
     measured = measure_chunk_bitrate([spec for spec, _ in videos])
     _set_measured(report, measured)
     atomic_write_text(marker, json.dumps({**fingerprint, "measured": measured}, indent=2))
@@ -268,6 +288,8 @@ def measure_chunk_bitrate(specs: list[VideoSpec], seconds: float = TRIAL_SECONDS
 def _fingerprint(cfg: SampleConfig) -> dict:
     """What the sample's bytes depend on: the format, the seed and the resolved sizes."""
     sizes = {"ego4d_durations": list(cfg.durations()), "ek100_videos": [list(v) for v in cfg.ek100_videos]}
+    if cfg.kinetics_clips:  # (samples made before the Kinetics layout keep their fingerprint)
+        sizes["kinetics"] = [cfg.kinetics_clips, cfg.kinetics_seconds]
     return {"format": FORMAT, "seed": cfg.seed, **sizes}
 
 
@@ -310,6 +332,40 @@ def _plan_ek100(cfg: SampleConfig, dest: Path) -> tuple[list, list[tuple]]:
         jobs.append((spec, script))
         rows += [(video_id, fps, e) for e in script.events]
     return jobs, rows
+
+
+KINETICS_SIZE = (568, 320)
+"""Kinetics clips as the recipes re-encode them: short side 320 (16:9)."""
+
+
+def _plan_kinetics(cfg: SampleConfig, dest: Path) -> list[tuple[VideoSpec, Script, str, int]]:
+    """(spec, script, split, label) of each Kinetics clip: ``kinetics_clips`` + 1 per action class (the last
+    one of each class held out for validation), every clip showing its class's action again and again."""
+    out = []
+    width, height = KINETICS_SIZE
+    for label, verb in enumerate(VERBS):
+        for k in range(cfg.kinetics_clips + 1 if cfg.kinetics_clips else 0):
+            rng = np.random.default_rng([cfg.seed, 4, label, k])
+            split = "val" if k == cfg.kinetics_clips else "train"
+            clip_id = f"{rng.bytes(6).hex()}_{k:06d}"
+            spec = VideoSpec(dest / "kinetics" / split / verb.name / f"{clip_id}.mp4", width, height, 30,
+                             cfg.kinetics_seconds, seed=int(rng.integers(2**31)))  # fmt: skip
+            out.append((spec, plan_action_script(spec, _objects(rng), label, rng), split, label))
+    return out
+
+
+def _write_kinetics_lists(dest: Path, clips: list[tuple[VideoSpec, Script, str, int]]) -> None:
+    """The lists in AVION's format (``path num_frames label``) and VideoMAE's (``path label``), paths relative
+    to DEST/kinetics, and the class names (line i: class i)."""
+    if not clips:
+        return
+    root = dest / "kinetics"
+    for split in ("train", "val"):
+        rows = [(spec.path.relative_to(root).as_posix(), spec.frames, label)
+                for spec, _, s, label in clips if s == split]  # fmt: skip
+        atomic_write_text(root / f"{split}.csv", "".join(f"{p} {n} {label}\n" for p, n, label in rows))
+        atomic_write_text(root / f"{split}_videomae.csv", "".join(f"{p} {label}\n" for p, _, label in rows))
+    atomic_write_text(root / "classes.txt", "".join(f"{verb.name}\n" for verb in VERBS))
 
 
 def _write_ego4d_metadata(cfg: SampleConfig, dest: Path, rows: list[tuple[str, int, Event]]) -> None:

@@ -156,6 +156,28 @@ def plan_script(spec: VideoSpec, objects: list[int], rng: np.random.Generator) -
 _SHAKE = next(i for i, v in enumerate(VERBS) if v.direction == (0.0, 0.0))
 
 
+def plan_action_script(spec: VideoSpec, objects: list[int], verb: int, rng: np.random.Generator) -> Script:
+    """A clip of one action class: ``verb`` done again and again (to whichever object it can move), with short
+    pauses, until the clip ends or no object can take it any more (a Kinetics-style clip)."""
+    events: list[Event] = []
+    for _ in range(100):  # a table on which the action can happen at least once (lowering needs room below)
+        start_positions = _initial_positions(len(objects), rng)
+        if _find_move(spec, start_positions, verb, EVENT_SECONDS[0], rng) is not None:
+            break
+    positions = list(start_positions)
+    t = float(rng.uniform(0.2, 0.6))
+    while (length := min(float(rng.uniform(*EVENT_SECONDS)), spec.duration - 0.2 - t)) >= EVENT_SECONDS[0]:
+        move = _find_move(spec, positions, verb, length, rng)
+        if move is None:
+            break
+        slot, length = move
+        positions[slot] = _moved(spec, positions[slot], verb, length)
+        start = round(t, 3)
+        events.append(Event(start, round(start + length, 3), verb, objects[slot]))
+        t += length + float(rng.uniform(*PAUSE_SECONDS))
+    return Script(objects, start_positions, events)
+
+
 def _moved(spec: VideoSpec, position: tuple[float, float], verb: int, length: float) -> tuple[float, float]:
     """Where ``verb`` for ``length`` seconds takes an object (fractions of the frame)."""
     dx, dy = VERBS[verb].direction
