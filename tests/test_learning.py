@@ -31,7 +31,7 @@ def learning_data(tmp_path_factory) -> tuple[Path, Path]:
     """The default sample with 150-s EK-100 videos, cut into 15-s chunks at 144p (cheap to decode)."""
     sample = tmp_path_factory.mktemp("learning_sample")
     make_sample(SampleConfig(dest=sample, seed=0, ek100_videos=(("P01_01", 60, 150.0), ("P01_02", 50, 150.0),
-                                                                 ("P02_01", 30, 150.0))))  # fmt: skip
+                                                                 ("P02_01", 30, 150.0)), kinetics_clips=0))  # fmt: skip
     chunks = tmp_path_factory.mktemp("learning_chunks")
     encode = EncodeSettings(chunk_len=15, short_side=144, preset="veryfast")
     report = run_chunking(plan_chunking(ChunkConfig(src=sample, dst=chunks, encode=encode, workers=2)))

@@ -175,7 +175,7 @@ def test_chunks_cost_what_real_footage_costs(small_sample, tmp_path):
 
 def test_sample_summary_prints_the_chunk_bitrate(small_sample, tmp_path):
     config = tmp_path / "small.json"
-    config.write_text(json.dumps({k: list(v) for k, v in SMALL_SAMPLE.items()}))
+    config.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL_SAMPLE.items()}))
     result = CliRunner().invoke(app, ["sample", str(small_sample), "--config", str(config)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "sample already present: 4 videos" in result.output
