@@ -201,3 +201,30 @@ def test_lion_takes_the_hand_computed_step_and_the_mask_token_is_not_decayed():
     assert any(p is model.mask_token for p in undecayed["params"])
     assert not any(p is model.mask_token for p in decayed["params"])
     assert all(p.ndim >= 2 for p in decayed["params"])
+
+
+def test_layer_decay_scales_each_block_below_the_head():
+    from avtool.train.config import OptimConfig
+    from avtool.train.model_factory import ModelConfig, build_classifier
+    from avtool.train.optim import build_optimizer, layer_scales, set_lr
+
+    model = build_classifier(ModelConfig(name="tiny", num_frames=2, grad_checkpointing=False, fast_conv1=False), 5, 0.0)
+    n = len(model.video.transformer.blocks)
+    scales = layer_scales(model, 0.75)
+    assert scales["head.weight"] == scales["video.ln_post.weight"] == 1.0
+    for i in range(n):
+        assert scales[f"video.transformer.blocks.{i}.attn.qkv.weight"] == pytest.approx(0.75 ** (n - i))
+    for name in ("video.patch_embed.proj.weight", "video.positional_embedding", "video.class_embedding",
+                 "video.ln_pre.weight"):  # fmt: skip
+        assert scales[name] == pytest.approx(0.75 ** (n + 1)), name
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, layer_decay=0.75), torch.device("cpu"))
+    set_lr(optimizer, 1e-3)
+    rate = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert rate[id(params["video.transformer.blocks.0.mlp.c_fc.weight"])] == pytest.approx(1e-3 * 0.75**n)
+    assert rate[id(params["head.weight"])] == pytest.approx(1e-3)
+    assert decay[id(params["video.transformer.blocks.0.mlp.c_fc.bias"])] == 0.0  # still no decay on biases
+    assert decay[id(params["video.transformer.blocks.0.mlp.c_fc.weight"])] > 0
+    plain = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    assert len(plain.param_groups) == 2  # off: the two groups of before (checkpoints resume)

@@ -189,6 +189,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW's betas."""
     momentum: float = option(0.9, panel="Optimisation", help="SGD momentum (CLS).")
+    layer_decay: float = option(
+        1.0, panel="Optimisation",
+        help="Layer-wise learning-rate decay d (BEiT's): the head trains at the rate, block i of n at rate·d^(n−i), "
+        "the embeddings at rate·d^(n+1) (VideoMAE fine-tuning: 0.75); 1: off.",
+    )  # fmt: skip
 
     def problems(self) -> list[str]:
         out = []
@@ -200,6 +205,8 @@ class OptimConfig:
             out.append(f"warmup_epochs={self.warmup_epochs} must be 0 or more")
         if self.weight_decay < 0:
             out.append(f"weight_decay={self.weight_decay} must be 0 or more")
+        if not 0 < self.layer_decay <= 1:
+            out.append(f"layer_decay={self.layer_decay} is outside (0, 1]")
         if self.lr_batch_scale is not None and self.lr_batch_scale < 1:
             out.append(f"lr_batch_scale={self.lr_batch_scale} must be at least 1")
         return out

@@ -1,23 +1,54 @@
-"""The optimiser of a job: AdamW, SGD or Lion over two parameter groups (with and without weight decay)."""
+"""The optimiser of a job: AdamW, SGD or Lion over parameter groups: with and without weight decay, and per layer
+with layer-wise lr decay."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 
 from avtool.train.config import OptimConfig
 
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBEDDING = re.compile(
+    r"(?:^|\.)(?:patch_embed|pos_embed|positional_embedding|class_embedding|temporal_embedding|cls_token"
+    r"|mask_token|token_embedding|ln_pre)(?:\.|$)"
+)
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+
+def layer_id(name: str, num_layers: int) -> int:
+    """BEiT's layer of a parameter for layer-wise lr decay: 0 for the embeddings (and the norm before the first
+    block), i + 1 for block i, ``num_layers`` + 1 for what follows the blocks (final norm, head)."""
+    if match := _BLOCK.search(name):
+        return int(match.group(1)) + 1
+    return 0 if _EMBEDDING.search(name) else num_layers + 1
+
+
+def layer_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Learning-rate factor of each parameter: ``decay`` ** (num_layers + 1 − layer), so the head trains at the
+    full rate and each layer below at ``decay`` times the one above (1 everywhere when ``decay`` is 1)."""
+    names = [name for name, _ in model.named_parameters()]
+    num_layers = max((int(m.group(1)) + 1 for n in names if (m := _BLOCK.search(n))), default=0)
+    return {name: decay ** (num_layers + 1 - layer_id(name, num_layers)) for name in names}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
     """Weight decay on matrices only: biases, norm scales and the temperature (ndim < 2) are not decayed,
     as in CLIP and the reference recipes, nor what the model names in ``no_weight_decay()`` (VideoMAE's mask
-    token). Frozen parameters are left out."""
+    token). With ``layer_decay`` < 1, one group per layer and kind, each with its ``lr_scale``
+    (``layer_scales``). Frozen parameters are left out."""
     exempt = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    scales = layer_scales(model, layer_decay)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 and name not in exempt else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            decayed = param.ndim >= 2 and name not in exempt
+            groups.setdefault((decayed, scales[name]), []).append(param)
+    return [
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "lr_scale": scale}
+        for (decayed, scale), params in groups.items() if params or scale == 1.0
+    ]  # fmt: skip
 
 
 class Lion(torch.optim.Optimizer):
@@ -43,7 +74,7 @@ class Lion(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, cfg.weight_decay)
+    groups = parameter_groups(model, cfg.weight_decay, cfg.layer_decay)
     # One fused kernel for the whole update on the GPU instead of a few per parameter tensor.
     fused = device.type == "cuda"
     if cfg.optimizer == "sgd":
@@ -54,5 +85,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, times each group's layer-decay factor."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
