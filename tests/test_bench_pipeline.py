@@ -194,3 +194,26 @@ def test_verdict_names_the_bound_and_ranks_the_remedies():
     assert "fast-decode chunks" in lines[cpu + 1] and "+73%" in lines[cpu + 1]  # 260 against 150 per GPU
     assert "hybrid NVDEC" in lines[cpu + 2]
     assert bound_of({"GPU": 5.0, "CPU": 7.0, "IO": None}) == "GPU"
+
+
+def test_ladder_of_videomae_times_both_decoding_modes_per_worker_count_and_plots_fig7(tmp_path):
+    import pandas as pd
+
+    result = subprocess.run([
+        AVTOOL, "bench", "ladder", "--tiny", "--device", "cpu", "--job", "videomae", "--batch-size", "4",
+        "--workers-sweep", "1,2", "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "res"),
+    ], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = pd.read_csv(tmp_path / "res/ladder.csv")
+    assert list(rows.row) == ["decode-then-crop-w1", "fused-w1", "decode-then-crop-w2", "fused-w2"]
+    assert (rows.job == "videomae").all() and (rows.status == "ok").all() and (rows.chunks == "kinetics").all()
+    assert (rows.s_per_it > 0).all() and (rows.data_s_per_it >= 0).all() and (rows.loader_clips_per_s > 0).all()
+    configs = json.loads((tmp_path / "res/ladder.json").read_text())["row_configs"]
+    assert [c["decoder"]["mode"] for c in configs] == ["decode-then-crop", "fused"] * 2
+    assert [c["run"]["workers"] for c in configs] == [1, 1, 2, 2] and configs[0]["mask_ratio"] == 0.9
+    # The clips were chunked whole at short side 320 from the sample's Kinetics layout.
+    chunks = pd.read_csv(tmp_path / "data/chunks/kinetics-320p/manifest.csv")
+    assert (chunks.height == 320).all() and (chunks.start == 0).all()
+    assert "Fig. 7 on this machine" in result.stdout and "avtool plot fig7" in result.stdout
+    plotted = subprocess.run([AVTOOL, "plot", "fig7", str(tmp_path / "res/ladder.csv")], capture_output=True, text=True)
+    assert plotted.returncode == 0 and (tmp_path / "res/ladder.png").stat().st_size > 10_000, plotted.stderr

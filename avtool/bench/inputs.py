@@ -4,7 +4,8 @@ and the chunk sets their rows read, made with `avtool chunk` and kept for the ne
 Chunk sets (``CHUNK_SETS``) are the ones the paper's ladder compares: LaViLa's 5-minute chunks and AVION's
 15-s chunks, both with libx264's own keyframe placement as the reference recipes use, then avtool's 15-s
 chunks with a keyframe every second (which seeking needs), the same re-encoded for fast decoding, and that with
-eight non-reference B-frames between reference frames (a seeking decoder skips them).
+eight non-reference B-frames between reference frames (a seeking decoder skips them). ``kinetics`` re-encodes
+short clips whole (a chunk length above theirs) at short side 320, as Kinetics users prepare Kinetics.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CHUNK_SETS: dict[str, dict[str, Any]] = {
     "15s-1s-keys": {"chunk_len": 15, "gop": 1.0},
     "15s-1s-keys-fastdecode": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode"},
     "15s-1s-keys-fastdecode-b8": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode", "bframes": 8},
+    "kinetics": {"chunk_len": 15, "gop": 1.0, "short_side": 320},
 }
 """Name → the encode settings that differ from the bench's (``--crf``, ``--preset``, ``--short-side``)."""
 
@@ -75,7 +77,8 @@ def prepare_sources(inputs: BenchInputs, report: Callable[[str], None]) -> tuple
 
 
 def chunk_set_dir(inputs: BenchInputs, name: str) -> Path:
-    return Path(inputs.data_dir) / "chunks" / f"{name}-{inputs.encode.short_side}p"
+    short_side = CHUNK_SETS.get(name, {}).get("short_side", inputs.encode.short_side)
+    return Path(inputs.data_dir) / "chunks" / f"{name}-{short_side}p"
 
 
 def prepare_chunks(inputs: BenchInputs, videos: Path, name: str, report: Callable[[str], None]) -> Path:

@@ -10,6 +10,7 @@ attention kernel, torch.compile, the fused MLP, fast-decode chunks, non-referenc
 decoding. A row that runs out of memory is
 recorded as OOM and the next rung still adds its change, as the paper's B=256 baseline row does. ``--rows``
 picks the rows to time (the changes of the rows below still apply), ``--without`` the changes to leave out.
+``--job videomae`` times VideoMAE pretraining instead, the rows of Fig. 7 (``avtool.bench.fig7``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from avtool.models.attention import check_attn_impl
 from avtool.options import build, option, to_jsonable
 from avtool.train.config import (
     Device,
+    OptimConfig,
     Precision,
     RunConfig,
     device_option,
@@ -47,12 +49,12 @@ from avtool.train.config import (
     workers_option,
 )
 from avtool.train.distributed import DistEnv, resolve_device
-from avtool.train.engine import build_training, flush_denormals
+from avtool.train.engine import Job, build_training, flush_denormals
 from avtool.train.lavila import LavilaConfig, LavilaJob
 from avtool.train.model_config import ModelConfig
 from avtool.train.model_factory import dual_encoder_config
 
-JobName = Literal["lavila"]
+JobName = Literal["lavila", "videomae"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,17 @@ class LadderConfig:
     """The ladder's rows, batches, time per row and inputs; the job's other settings are its recipe's."""
 
     inputs: BenchInputs = field(default_factory=BenchInputs)
-    job: JobName = option("lavila", panel="Model", help="The training job whose step is timed (videomae: to come).")
+    job: JobName = option(
+        "lavila", panel="Model", metavar="lavila|videomae",
+        help="The training job whose step is timed: lavila (Table 4's rows) or videomae (Fig. 7: each worker count "
+        "of --workers-sweep in decode-then-crop and fused mode, on Kinetics-style clips).",
+    )  # fmt: skip
+    workers_sweep: tuple[int, ...] = option(
+        (4, 8, 12, 16), panel="Run", metavar="N,...",
+        help="--job videomae: the loader workers per GPU of each pair of rows (Fig. 7: 4-16).",
+    )  # fmt: skip
+    kinetics_clips: int = 40
+    """--job videomae without --videos: sample clips per class (``avtool.bench.fig7.BENCH_KINETICS_CLIPS``)."""
     rows: tuple[str, ...] = option(
         RUNG_NAMES, flags="--rows", panel="Run", metavar="NAME,...", show_default="all",
         help=f"Rows to time, by name: {', '.join(RUNG_NAMES)}. Each row has the changes of every row below it, "
@@ -154,6 +166,10 @@ class LadderConfig:
             out.append(f"row(s) {', '.join(both)} both timed (--rows) and left out (--without)")
         if "baseline" in self.without:
             out.append("the baseline cannot be left out: every other row is a change to it")
+        if self.job not in ("lavila", "videomae"):
+            out.append(f"job={self.job!r} is not lavila or videomae")
+        if not self.workers_sweep or min(self.workers_sweep) < 0:
+            out.append("--workers-sweep needs worker counts of 0 or more")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             out.append("batch sizes must be at least 1")
         out += timing_problems(self.seconds, self.warmup_steps, self.min_steps, self.read_limit)
@@ -255,6 +271,8 @@ def run_ladder(cfg: LadderConfig, report: Callable[[str], None] = lambda line: N
     """Prepare the inputs, check every row's configuration, then time the rows (the API of `bench ladder`)."""
     raise_problems("bench ladder", cfg.problems())
     flush_denormals(resolve_device(cfg.device))
+    if cfg.job == "videomae":
+        return _run_fig7(cfg, report, on_row)
     videos, metadata = prepare_sources(cfg.inputs, report)
     plans = ladder_plan(cfg)
     roots = {name: prepare_chunks(cfg.inputs, videos, name, report) for name in dict.fromkeys(p[2] for p in plans)}
@@ -267,26 +285,52 @@ def run_ladder(cfg: LadderConfig, report: Callable[[str], None] = lambda line: N
     rows = []
     for (batch_size, rung, chunks, _), row_cfg in zip(plans, configs, strict=True):
         report(f"B={batch_size} {rung.name}: {rung.change}")
-        row = _run_row(cfg, row_cfg, env, {"job": cfg.job, "batch_size": batch_size, "row": rung.name,
-                                            "change": rung.change, "chunks": chunks})  # fmt: skip
+        row = _run_row(cfg, LavilaJob(row_cfg), row_cfg.run, row_cfg.optim, env,
+                       {"job": cfg.job, "batch_size": batch_size, "row": rung.name, "change": rung.change,
+                        "chunks": chunks})  # fmt: skip
         rows.append(row)
         if on_row is not None:
             on_row(row)
     return LadderResult(rows, [to_jsonable(c) for c in configs])
 
 
-def _run_row(cfg: LadderConfig, row_cfg: LavilaConfig, env: DistEnv, base: dict[str, Any]) -> LadderRow:
-    """Time one row; out of memory is a result, not a failure."""
-    job = LavilaJob(row_cfg)
+def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable[[LadderRow], None] | None
+              ) -> LadderResult:  # fmt: skip
+    """The VideoMAE rows (``avtool.bench.fig7``): every worker count in both decoding modes."""
+    from avtool.bench.fig7 import KINETICS_CHUNKS, fig7_rows, prepare_kinetics
+    from avtool.train.videomae import VideoMAEJob
+
+    root, train_list = prepare_kinetics(cfg.inputs, report, cfg.kinetics_clips)
+    size = "tiny" if cfg.model.name == "tiny" else "base"  # Fig. 7 is ViT-B; --tiny for seconds on a CPU
+    plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size)
+    for *_, row_cfg in plans:
+        row_cfg.check()
+        VideoMAEJob(row_cfg).train_dataset()  # a bad list fails here, before the first row runs
+    env = DistEnv(0, 0, 1, resolve_device(cfg.device))
+    rows = []
+    for batch_size, name, change, row_cfg in plans:
+        report(f"B={batch_size} {name}: {change}")
+        row = _run_row(cfg, VideoMAEJob(row_cfg), row_cfg.run, row_cfg.optim, env,
+                       {"job": cfg.job, "batch_size": batch_size, "row": name, "change": change,
+                        "chunks": KINETICS_CHUNKS})  # fmt: skip
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return LadderResult(rows, [to_jsonable(c) for *_, c in plans])
+
+
+def _run_row(cfg: LadderConfig, job: Job, run: RunConfig, optim: OptimConfig, env: DistEnv,
+             base: dict[str, Any]) -> LadderRow:  # fmt: skip
+    """Time one row of ``job``; out of memory is a result, not a failure."""
     torch.manual_seed(cfg.seed)
     loader = training = None
     try:
-        training = build_training(job, row_cfg.run, row_cfg.optim, env)
-        dataset, loader = timed_loader(job, row_cfg.run, env, read_limit_mb_per_s=cfg.read_limit,
+        training = build_training(job, run, optim, env)
+        dataset, loader = timed_loader(job, run, env, read_limit_mb_per_s=cfg.read_limit,
                                        drop_page_cache=cfg.drop_page_cache)  # fmt: skip
         timing = time_training(
             job, training, iter(loader), env, warmup_steps=cfg.warmup_steps, seconds=cfg.seconds,
-            min_steps=cfg.min_steps, workers=row_cfg.run.workers,
+            min_steps=cfg.min_steps, workers=run.workers,
         )  # fmt: skip
         return LadderRow.measured(base, timing, dataset.cache)
     except torch.OutOfMemoryError:

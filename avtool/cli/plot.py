@@ -80,6 +80,22 @@ def fig5(
     console.print(f"wrote {plot_fig5(results, _png(results, output, png), dpi)}", highlight=False)
 
 
+@plot_app.command("fig7")
+def fig7(
+    results: Annotated[
+        Path, typer.Argument(metavar="RESULTS", help="CSV written by `avtool bench ladder --job videomae`.")
+    ],
+    output: Out = None,
+    png: Png = None,
+    dpi: Dpi = 150,
+) -> None:
+    """Fig. 7: VideoMAE's seconds per iteration and data-loading overhead against loader workers per GPU,
+    decode-then-crop against Fused DecodeCrop."""
+    from avtool.plots.fig7 import plot_fig7
+
+    console.print(f"wrote {plot_fig7(results, _png(results, output, png), dpi)}", highlight=False)
+
+
 @plot_app.command("table4")
 def table4(
     results: Annotated[Path, typer.Argument(metavar="RESULTS", help="CSV written by `avtool bench ladder`.")],
