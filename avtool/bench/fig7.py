@@ -60,6 +60,32 @@ def fig7_rows(
     return rows
 
 
+KINETICS_400_CLIPS = 241_258
+"""Training clips of Kinetics-400 (paper §5.5)."""
+PAPER_GPU_HOURS = {"VideoMAE": 995, "AVION": 583}
+"""Table 5: 800 epochs of ViT-B pretraining on Kinetics-400, A5000 GPU-hours."""
+
+
+def projected_gpu_hours(s_per_it: float, batch_size: int, epochs: int = 800, clips: int = KINETICS_400_CLIPS) -> float:
+    """GPU-hours of ``epochs`` over ``clips`` at ``batch_size`` clips per GPU and ``s_per_it`` seconds per step (Table
+    5's projection; GPUs scale the steps down and the hours per step up alike)."""
+    return epochs * clips / batch_size * s_per_it / 3600
+
+
+def table5_lines(rows: list) -> list[str]:
+    """Table 5 from the fastest measured row of each decoding mode, beside the paper's GPU-hours."""
+    lines = []
+    for mode in MODES:
+        measured = [r for r in rows if r.status == "ok" and r.s_per_it and r.row.startswith(f"{mode}-w")]
+        if measured:
+            best = min(measured, key=lambda r: r.s_per_it)
+            hours = projected_gpu_hours(best.s_per_it, best.batch_size)
+            lines.append(f"{mode}: {best.s_per_it:.3f} s/it at B = {best.batch_size}, {workers_of(best.row)} workers "
+                         f"-> {hours:,.0f} GPU-hours for 800 epochs of Kinetics-400")  # fmt: skip
+    paper = ", ".join(f"{name} {hours}" for name, hours in PAPER_GPU_HOURS.items())
+    return lines + [f"(paper, Table 5, A5000 GPU-hours: {paper})"] if lines else []
+
+
 def workers_of(row: str) -> int:
     """The worker count in a Fig. 7 row's name (``fused-w8`` → 8)."""
     return int(row.rsplit("-w", 1)[1])

@@ -359,6 +359,11 @@ def _run_ladder(cfg: LadderConfig) -> None:
         console.print(f"  {name}: {change}", highlight=False)
     rows = [dataclasses.asdict(r) for r in result.rows]
     csv_path, json_path = write_results(output, cfg.name, rows, cfg, {"row_configs": result.configs})
+    if cfg.job == "videomae":
+        from avtool.bench.fig7 import table5_lines
+
+        for line in table5_lines(result.rows):
+            console.print(f"Table 5 projection: {line}", highlight=False)
     plot = "table4" if cfg.job == "lavila" else "fig7"
     console.print(f"wrote {csv_path} and {json_path}; plot with `avtool plot {plot} {csv_path}`", highlight=False)
 
