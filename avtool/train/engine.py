@@ -185,9 +185,9 @@ def _fit(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistEnv
         except AvtoolError as e:
             # A bad clip (--on-bad-clip fail), a dead worker, an evaluation that cannot read its data: the steps
             # trained so far are kept, so that the rerun after the fix resumes instead of starting over.
-            if r.state.step == first_step:
-                raise
-            raise AvtoolError(f"{e}; {_save_after_error(r)}") from None
+            if r.state.step > first_step:
+                e.args = (f"{e}; {_save_after_error(r)}",)  # the same error (and exit status), one line longer
+            raise
     return FitResult(r.state, r.out, r.monitor.last, r.last_eval, interrupted)
 
 
