@@ -195,9 +195,11 @@ class VideoMAE(nn.Module):
 
     def encode(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, visible, width): the encoder's output for the visible cubes, in grid order."""
+        return self._encode(video, _positions(~mask))
+
+    def _encode(self, video: torch.Tensor, visible_at: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(video) + self.pos_embed.to(video.dtype)
-        B, _, D = x.shape
-        visible = x[~mask].reshape(B, -1, D)  # every clip has the same number visible (tube masks)
+        visible = x.gather(1, visible_at[..., None].expand(-1, -1, x.shape[-1]))
         return self.encoder_norm(self.encoder(visible))
 
     def forward(
@@ -205,16 +207,20 @@ class VideoMAE(nn.Module):
     ) -> Reconstruction:
         """``video`` (B, 3, T, H, W), normalised; ``mask`` (B, L) True = hidden from the encoder;
         ``decode_mask`` (B, L) True = not decoded (None: decode every hidden position, VideoMAE V1)."""
-        B, L = mask.shape
-        encoded = self.encoder_to_decoder(self.encode(video, mask))
-        decode = mask if decode_mask is None else ~decode_mask
-        grid = torch.arange(L, device=mask.device).expand(B, L)
-        visible_at = grid[~mask].reshape(B, -1)
-        decoded_at = grid[decode].reshape(B, -1)  # the same count per clip: masks of fixed counts
+        visible_at = _positions(~mask)
+        decoded_at = _positions(mask if decode_mask is None else ~decode_mask)
+        encoded = self.encoder_to_decoder(self._encode(video, visible_at))
         pos = self.decoder_pos_embed.to(encoded.dtype)
         tokens = torch.cat([encoded + pos[visible_at], self.mask_token.to(encoded.dtype) + pos[decoded_at]], dim=1)
         out = self.decoder(tokens)[:, visible_at.shape[1] :]
         return Reconstruction(self.head(self.decoder_norm(out)), decoded_at, mask.gather(1, decoded_at))
+
+
+def _positions(selected: torch.Tensor) -> torch.Tensor:
+    """(B, N) grid indices of the True entries of ``selected`` (B, L), in grid order; every row selects the same
+    number (the masks have fixed counts)."""
+    B, L = selected.shape
+    return torch.arange(L, device=selected.device).expand(B, L)[selected].reshape(B, -1)
 
 
 def reconstruction_loss(reconstruction: Reconstruction, targets: torch.Tensor) -> torch.Tensor:
