@@ -19,13 +19,10 @@ from pathlib import Path
 from avtool.bench.inputs import BenchInputs, prepare_chunks
 from avtool.train.config import RunConfig
 from avtool.train.videomae import VideoMAETrainConfig
-from avtool.video.decode import DecoderConfig
+from avtool.video.decode import MODES, DecoderConfig
 
 KINETICS_CHUNKS = "kinetics"
 """The chunk set of the Kinetics clips (``avtool.bench.inputs.CHUNK_SETS``)."""
-MODES = ("decode-then-crop", "fused")
-BENCH_KINETICS_CLIPS = 40
-"""Sample clips per class for the bench: 200 training clips of 10 s (33 min of footage)."""
 
 
 def prepare_kinetics(inputs: BenchInputs, report: Callable[[str], None], clips_per_class: int) -> tuple[Path, Path]:

@@ -117,7 +117,7 @@ class LadderConfig:
         help="--job videomae: the loader workers per GPU of each pair of rows (Fig. 7: 4-16).",
     )  # fmt: skip
     kinetics_clips: int = 40
-    """--job videomae without --videos: sample clips per class (``avtool.bench.fig7.BENCH_KINETICS_CLIPS``)."""
+    """--job videomae without --videos: sample clips per class (200 training clips of 10 s, 33 min of footage)."""
     rows: tuple[str, ...] = option(
         RUNG_NAMES, flags="--rows", panel="Run", metavar="NAME,...", show_default="all",
         help=f"Rows to time, by name: {', '.join(RUNG_NAMES)}. Each row has the changes of every row below it, "
@@ -281,17 +281,23 @@ def run_ladder(cfg: LadderConfig, report: Callable[[str], None] = lambda line: N
     for row_cfg in configs:  # everything a row will read and build, before the first one runs
         row_cfg.check()
         dual_encoder_config(row_cfg.model)
+    timed = [(b, rung.name, rung.change, chunks, LavilaJob(row_cfg), row_cfg.run, row_cfg.optim)
+             for (b, rung, chunks, _), row_cfg in zip(plans, configs, strict=True)]  # fmt: skip
+    return LadderResult(_time_rows(cfg, timed, report, on_row), [to_jsonable(c) for c in configs])
+
+
+def _time_rows(cfg: LadderConfig, timed: list[tuple], report: Callable[[str], None],
+               on_row: Callable[[LadderRow], None] | None) -> list[LadderRow]:  # fmt: skip
+    """Time each (batch size, name, change, chunk set, job, run, optim) in turn, reporting every row as it ends."""
     env = DistEnv(0, 0, 1, resolve_device(cfg.device))
     rows = []
-    for (batch_size, rung, chunks, _), row_cfg in zip(plans, configs, strict=True):
-        report(f"B={batch_size} {rung.name}: {rung.change}")
-        row = _run_row(cfg, LavilaJob(row_cfg), row_cfg.run, row_cfg.optim, env,
-                       {"job": cfg.job, "batch_size": batch_size, "row": rung.name, "change": rung.change,
-                        "chunks": chunks})  # fmt: skip
-        rows.append(row)
+    for batch_size, name, change, chunks, job, run, optim in timed:
+        report(f"B={batch_size} {name}: {change}")
+        base = {"job": cfg.job, "batch_size": batch_size, "row": name, "change": change, "chunks": chunks}
+        rows.append(_run_row(cfg, job, run, optim, env, base))
         if on_row is not None:
-            on_row(row)
-    return LadderResult(rows, [to_jsonable(c) for c in configs])
+            on_row(rows[-1])
+    return rows
 
 
 def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable[[LadderRow], None] | None
@@ -306,17 +312,8 @@ def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable
     for *_, row_cfg in plans:
         row_cfg.check()
         VideoMAEJob(row_cfg).train_dataset()  # a bad list fails here, before the first row runs
-    env = DistEnv(0, 0, 1, resolve_device(cfg.device))
-    rows = []
-    for batch_size, name, change, row_cfg in plans:
-        report(f"B={batch_size} {name}: {change}")
-        row = _run_row(cfg, VideoMAEJob(row_cfg), row_cfg.run, row_cfg.optim, env,
-                       {"job": cfg.job, "batch_size": batch_size, "row": name, "change": change,
-                        "chunks": KINETICS_CHUNKS})  # fmt: skip
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    return LadderResult(rows, [to_jsonable(c) for *_, c in plans])
+    timed = [(b, name, change, KINETICS_CHUNKS, VideoMAEJob(c), c.run, c.optim) for b, name, change, c in plans]
+    return LadderResult(_time_rows(cfg, timed, report, on_row), [to_jsonable(c) for *_, c in plans])
 
 
 def _run_row(cfg: LadderConfig, job: Job, run: RunConfig, optim: OptimConfig, env: DistEnv,

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from avtool.bench.fig7 import MODES, workers_of
+from avtool.bench.fig7 import workers_of
 from avtool.errors import AvtoolError
 from avtool.plots._common import new_figure, read_results, save
+from avtool.video.decode import MODES
 
 COLUMNS = ("job", "batch_size", "row", "status", "s_per_it", "data_s_per_it")
 LABELS = {"decode-then-crop": "decode, then crop", "fused": "Fused DecodeCrop"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from rich.console import Console
@@ -106,7 +106,7 @@ class VideoMAETrainConfig:
             problems.append(f"mask_ratio={self.mask_ratio} is outside (0, 1)")
         if self.decoder_mask == "running-cell" and self.decoder_mask_ratio != 0.5:
             problems.append(f"decoder_mask_ratio={self.decoder_mask_ratio}: the running cell decodes half (0.5)")
-        if self.decoder_mask not in ("none", "running-cell"):
+        if self.decoder_mask not in get_args(DecoderMask):
             problems.append(f"decoder_mask={self.decoder_mask!r} is not none or running-cell")
         if self.stride < 1 or not 0 <= self.flip <= 1:
             problems.append(f"stride={self.stride} must be at least 1 and flip={self.flip} in [0, 1]")
