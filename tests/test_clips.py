@@ -201,3 +201,15 @@ def test_avion_jittered_stride_sampling():
     assert max(starts) < 300 - 68 + 4 and min(starts) < 8  # start in [0, 300 − 68), plus a jitter below 4
     short = jittered_stride_frame_ids(40, 16, 4, rng)  # shorter than 68 frames: from 0, wrapping around
     assert len(short) == 16 and max(short) < 40
+
+
+def test_test_clips_spread_over_the_video_and_one_clip_is_centred():
+    from avtool.video.clips import stride_frame_ids, test_clip_frame_ids
+
+    starts = [test_clip_frame_ids(300, 16, 4, k, 5)[0] for k in range(5)]
+    assert starts == [0, 59, 119, 179, 239]  # room 300 − 61 = 239 spread in 4 steps
+    assert test_clip_frame_ids(300, 16, 4, 4, 5)[-1] == 299
+    assert test_clip_frame_ids(300, 16, 4, 0, 1) == stride_frame_ids(300, 16, 4)  # centred, as one-view testing
+    assert test_clip_frame_ids(30, 16, 4, 3, 5) == [min(4 * i, 29) for i in range(16)]  # too short: from 0
+    segments = [test_clip_frame_ids(80, 4, None, k, 2) for k in range(2)]
+    assert segments == [[5, 25, 45, 65], [15, 35, 55, 75]]

@@ -106,3 +106,11 @@ def test_multi_scale_crop_takes_videomae_sizes_and_its_13_fixed_offsets():
     assert 224 in snapped and 222 not in snapped
     policy = CropPolicy(kind="multi-scale", flip=0.5)
     assert {policy.draw(width, height, rng).flip for _ in range(50)} == {True, False}
+
+
+def test_spatial_crops_spread_short_side_squares_along_the_long_side():
+    from avtool.video.crops import spatial_crops
+
+    assert spatial_crops(568, 320, 3) == [Crop(0, 0, 320, 320), Crop(124, 0, 320, 320), Crop(248, 0, 320, 320)]
+    assert spatial_crops(320, 400, 3) == [Crop(0, 0, 320, 320), Crop(0, 40, 320, 320), Crop(0, 80, 320, 320)]
+    assert spatial_crops(568, 320, 1) == [center_crop(568, 320)]

@@ -121,6 +121,34 @@ def test_kinetics_list_over_chunk_folders_and_plain_files(small_sample, chunked_
         KineticsList(KineticsConfig(lines, ClipConfig(tmp_path, num_frames=16, size=64)))
 
 
+def test_kinetics_views_share_one_clip_and_test_views_cover_clips_and_crops(chunked_sample, tmp_path):
+    from avtool.video.crops import CropPolicy
+
+    shutil.copytree(chunked_sample / "ek100/P01/P01_01.MP4", tmp_path / "chunked.mp4")
+    (tmp_path / "list.csv").write_text("chunked.mp4 0 5\n")
+    policy = CropPolicy(kind="multi-scale", flip=0.5, output_size=48)
+
+    def dataset(train: bool = True, **config: int) -> KineticsList:
+        clips = ClipConfig(tmp_path, num_frames=4, size=48, train=train, crop=policy)
+        return KineticsList(KineticsConfig(tmp_path / "list.csv", clips, stride=4, jitter=True, **config))
+
+    # Repeated sampling: N crops of the same frames, drawn from the sample's seed (the same on every call).
+    views = dataset(views=3)[(2, 0)]["video"]
+    assert views.shape == (3, 4, 48, 48, 3)
+    assert torch.equal(views, dataset(views=3)[(2, 0)]["video"])
+    assert len({v.numpy().tobytes() for v in views}) > 1  # independent crops
+    # The first view is the single-view sample: the same frame ids and the first crop drawn after them.
+    assert torch.equal(views[0], dataset()[(2, 0)]["video"])
+    # 5 temporal clips x 3 spatial crops, clip-major; the middle clip's centre crop is the one-view test sample.
+    test = dataset(False, temporal_clips=5, spatial_crops=3)[0]["video"]
+    assert test.shape == (15, 4, 48, 48, 3)
+    odd = 5  # even clip counts have no middle clip; 5 does
+    assert torch.equal(test[(odd // 2) * 3 + 1], dataset(False)[0]["video"])
+    assert len({v.numpy().tobytes() for v in test}) == 15
+    with pytest.raises(AvtoolError, match="must be at least 1"):
+        dataset(views=0)
+
+
 def test_bad_ek100_metadata_lists_every_problem(small_sample, chunked_sample, tmp_path):
     table = pd.read_csv(small_sample / ANN / "EPIC_100_validation.csv", dtype=str)
     table.loc[0, "start_timestamp"] = "00:0x:01"

@@ -94,6 +94,26 @@ def test_fused_crops_of_one_decoder_do_not_leak_into_each_other(chunk):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(decoder)).decode(chunk, CROP, SIZE), outputs[0])
 
 
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("mode", ["fused", "decode-then-crop"])
+def test_views_of_one_decode_equal_one_decode_per_crop(chunk, backend, mode):
+    # Repeated sampling and multi-crop testing decode a read once and crop it per view: each view must be
+    # exactly what decoding with that crop alone gives, in the request's frame order.
+    crops = [CROP, Crop(0, 0, 64, 48, flip=True), CROP]
+    reordered = ChunkRead(chunk.source, (47, 3, 149, 40, 3), chunk.fps, chunk.width, chunk.height)
+    decoder = make_decoder(DecoderConfig(backend=backend, mode=mode))
+    times = StageTimes()
+    views = decoder.decode_views(reordered, crops, SIZE, times)
+    assert views.shape == (3, 5, SIZE, SIZE, 3) and views.dtype == np.uint8
+    for crop, view in zip(crops, views, strict=True):
+        np.testing.assert_array_equal(view, decode(reordered, crop=crop, backend=backend, mode=mode)[0])
+    assert not np.array_equal(views[0], views[1])
+    if backend == "pyav":
+        # One decode for all the views: no more frames decoded than for one crop.
+        single = decode(reordered, backend=backend, mode=mode)[1]
+        assert times.reads == 1 and times.frames_decoded == single.frames_decoded
+
+
 def test_one_decoder_reused_across_chunks_videos_and_accesses_matches_fresh_ones(chunked_sample):
     # A decoder keeps its codec contexts across chunks (keyed by stream parameters) and resets them
     # per clip: interleaving videos of other sizes and frame rates, and seek with sequential, must

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -168,6 +169,11 @@ def test_train_videomae_runs_resumes_and_records_its_model(small_sample, chunked
     resumed = load_checkpoint(latest_checkpoint(tmp_path / "resumed"))["model"]
     for name, value in checkpoint["model"].items():
         torch.testing.assert_close(value, resumed[name], msg=name)
+    # Repeated sampling: a step trains on N views of each decoded clip; the schedule counts videos.
+    repeated = videomae.run(replace(config(tmp_path / "repeated", stop_after=2), repeated_sampling=2))
+    assert repeated.state.step == 2
+    last = [json.loads(x) for x in (tmp_path / "repeated/metrics.jsonl").read_text().splitlines()][-1]
+    assert last["views_per_s"] == pytest.approx(2 * last["videos_per_s"])
 
 
 def test_train_videomae_checks_its_settings_in_one_line(chunked_sample, tmp_path):

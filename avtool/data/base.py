@@ -21,7 +21,7 @@ from avtool.errors import AvtoolError
 from avtool.readspeed import drop_page_cache
 from avtool.video.clips import ChunkedVideo, ChunkIndex, ClipPlan, plan_clip, plan_frames
 from avtool.video.crops import Crop, CropPolicy
-from avtool.video.decode import DecoderConfig, make_decoder, read_clip
+from avtool.video.decode import DecoderConfig, make_decoder, read_clip, read_views
 
 
 @dataclass(frozen=True)
@@ -88,13 +88,28 @@ class ClipDataset(Dataset):
         crop = self.clips.crop_policy.draw(video.width, video.height, rng)
         return self._read(plan_frames(video, frame_ids), crop)
 
+    def load_frame_views(
+        self, video: ChunkedVideo, frame_ids: list[int], crops: list[Crop] | int, rng: np.random.Generator
+    ) -> torch.Tensor:
+        """uint8 (V, T, S, S, 3): the frames decoded once, one view per crop (``crops`` an int: that many crops
+        drawn from the policy, one after another from ``rng``)."""
+        if isinstance(crops, int):
+            crops = [self.clips.crop_policy.draw(video.width, video.height, rng) for _ in range(crops)]
+        plan = plan_frames(video, frame_ids)
+        views = read_views(self.decoder, plan, crops, self.clips.size)
+        self._evict(plan)
+        return views
+
     def _read(self, plan: ClipPlan, crop: Crop) -> torch.Tensor:
         clip = read_clip(self.decoder, plan, crop, self.clips.size)
+        self._evict(plan)
+        return clip
+
+    def _evict(self, plan: ClipPlan) -> None:
         if self.clips.drop_page_cache:
             for read in plan.reads:
                 if isinstance(read.source, Path):
                     drop_page_cache(read.source)
-        return clip
 
     def check_clips(
         self, problems: Problems, keys: list[str], starts: np.ndarray, ends: np.ndarray, rows: Callable[[int], str]

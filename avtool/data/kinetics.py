@@ -8,11 +8,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from avtool.data.base import ClipConfig, ClipDataset, split_key
 from avtool.data.problems import Problems
 from avtool.errors import AvtoolError
-from avtool.video.clips import jittered_stride_frame_ids, key_problem, segment_frame_ids, stride_frame_ids
+from avtool.video.clips import (
+    jittered_stride_frame_ids,
+    key_problem,
+    segment_frame_ids,
+    stride_frame_ids,
+    test_clip_frame_ids,
+)
+from avtool.video.crops import spatial_crops
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,18 @@ class KineticsConfig:
     jitter: bool = False
     """With ``stride``, in training: AVION's rule instead (each frame jittered within its stride, the start
     leaving one stride of room; ``jittered_stride_frame_ids``)."""
+    views: int = 1
+    """Training: crops drawn independently from one decode of the clip (VideoMAE V2's repeated sampling);
+    item["video"] is then (views, T, S, S, 3)."""
+    temporal_clips: int = 1
+    """Evaluation: clips evenly spaced over the video (VideoMAE tests 5)."""
+    spatial_crops: int = 1
+    """Evaluation: short-side squares spread along the long side (1: the centre; 3: left, centre, right);
+    with ``temporal_clips``, item["video"] is (temporal_clips · spatial_crops, T, S, S, 3), clip-major."""
+
+    @property
+    def multi_view(self) -> bool:
+        return max(self.views, self.temporal_clips, self.spatial_crops) > 1
 
 
 class KineticsList(ClipDataset):
@@ -36,6 +56,11 @@ class KineticsList(ClipDataset):
         self.config = config
         if config.stride is not None and config.stride < 1:
             raise AvtoolError(f"stride must be at least 1, got {config.stride}")
+        if min(config.views, config.temporal_clips, config.spatial_crops) < 1:
+            raise AvtoolError(
+                f"views, temporal clips and spatial crops must be at least 1, got {config.views}, "
+                f"{config.temporal_clips}, {config.spatial_crops}"
+            )
         path = Path(config.list_file)
         try:
             lines = path.read_text().splitlines()
@@ -77,14 +102,32 @@ class KineticsList(ClipDataset):
         video = self.index.get(str(self._keys[index]))
         # The list's count may be stale (re-encoded videos) or 0 (unknown): never more than the video has.
         total = min(int(self._frames[index]) or video.num_frames, video.num_frames)
-        jitter = rng if self.clips.train else None
-        if self.config.stride is None:
-            ids = segment_frame_ids(0, total, self.clips.num_frames, jitter)
-        elif self.config.jitter and jitter is not None:
-            ids = jittered_stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
+        if self.clips.train:
+            ids = self._train_frame_ids(total, rng)
+            if self.config.views > 1:
+                clip = self.load_frame_views(video, ids, self.config.views, rng)
+            else:
+                clip = self.load_frames(video, ids, rng)
+        elif self.config.temporal_clips > 1 or self.config.spatial_crops > 1:
+            crops = spatial_crops(video.width, video.height, self.config.spatial_crops)
+            clip = torch.cat([
+                self.load_frame_views(video, self._test_frame_ids(total, k), crops, rng)
+                for k in range(self.config.temporal_clips)
+            ])  # fmt: skip
         else:
-            ids = stride_frame_ids(total, self.clips.num_frames, self.config.stride, jitter)
-        return {"video": self.load_frames(video, ids, rng), "label": int(self._labels[index]), "index": index}
+            clip = self.load_frames(video, self._test_frame_ids(total, 0), rng)
+        return {"video": clip, "label": int(self._labels[index]), "index": index}
+
+    def _train_frame_ids(self, total: int, rng: np.random.Generator) -> list[int]:
+        stride = self.config.stride
+        if stride is None:
+            return segment_frame_ids(0, total, self.clips.num_frames, rng)
+        if self.config.jitter:
+            return jittered_stride_frame_ids(total, self.clips.num_frames, stride, rng)
+        return stride_frame_ids(total, self.clips.num_frames, stride, rng)
+
+    def _test_frame_ids(self, total: int, clip: int) -> list[int]:
+        return test_clip_frame_ids(total, self.clips.num_frames, self.config.stride, clip, self.config.temporal_clips)
 
 
 def _fields(line: str) -> tuple[str, int, int] | None:

@@ -80,6 +80,7 @@ class CLSConfig:
 class CLSJob:
     name = "cls"
     best_metric = "action_top1"
+    views_per_video = 1
 
     def __init__(self, cfg: CLSConfig) -> None:
         self.cfg = cfg

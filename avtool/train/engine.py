@@ -54,6 +54,8 @@ class Job(Protocol):
     """`lavila`, `mir` or `cls`: recorded in checkpoints, which `avtool eval` checks."""
     best_metric: str | None
     """Key of ``evaluate``'s result that picks the best checkpoint (higher is better); None: no best."""
+    views_per_video: int
+    """Training views the step makes of each loaded video (VideoMAE V2's repeated sampling), else 1."""
 
     def build_model(self) -> nn.Module: ...
 
@@ -329,8 +331,8 @@ def _setup(job: Job, run: RunConfig, optim: OptimConfig, config: Any, env: DistE
         )
     monitor = TrainMonitor(
         out / "metrics.jsonl", enabled=env.is_main, total_steps=total_steps, first_step=state.step,
-        videos_per_step=global_batch, world_size=env.world_size, log_every=run.log_every, device=env.device,
-        console=console, bad_clips=state.bad_clips,
+        videos_per_step=global_batch, views_per_video=job.views_per_video, world_size=env.world_size,
+        log_every=run.log_every, device=env.device, console=console, bad_clips=state.bad_clips,
     )  # fmt: skip
     return _Run(
         job=job, run=run, config=config, env=env, out=out, loader=loader, steps_per_epoch=steps_per_epoch,

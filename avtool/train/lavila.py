@@ -88,6 +88,7 @@ class LavilaConfig:
 class LavilaJob:
     name = "lavila"
     best_metric = "mAP_avg"
+    views_per_video = 1
 
     def __init__(self, cfg: LavilaConfig) -> None:
         self.cfg = cfg

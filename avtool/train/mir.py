@@ -74,6 +74,7 @@ class MIRConfig:
 class MIRJob:
     name = "mir"
     best_metric = "mAP_avg"
+    views_per_video = 1
 
     def __init__(self, cfg: MIRConfig) -> None:
         self.cfg = cfg

@@ -47,6 +47,7 @@ class TrainMonitor:
         first_step: int,
         videos_per_step: int,
         world_size: int,
+        views_per_video: int = 1,
         log_every: int,
         device: torch.device,
         console: Console | None = None,
@@ -55,6 +56,7 @@ class TrainMonitor:
         self.path = path
         self.enabled = enabled
         self.videos_per_step = videos_per_step
+        self.views_per_video = views_per_video
         self.world_size = world_size
         self.log_every = log_every
         self.device = device
@@ -145,6 +147,8 @@ class TrainMonitor:
             "videos_per_s_per_gpu": self.videos_per_step / step_time / self.world_size,
             "bad_clips": w.bad_clips, **extras,
         }  # fmt: skip
+        if self.views_per_video > 1:  # repeated sampling: the GPU trains on more views than the loader decodes
+            record["views_per_s"] = record["videos_per_s"] * self.views_per_video
         if self.device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
             torch.cuda.reset_peak_memory_stats(self.device)

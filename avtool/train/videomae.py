@@ -76,6 +76,11 @@ class VideoMAETrainConfig:
         help="Frames between sampled frames (AVION's jitter within each stride in training).",
     )  # fmt: skip
     flip: float = option(0.5, panel="Data", help="Horizontal flip probability (fused into decoding; AVION).")
+    repeated_sampling: int = option(
+        1, flags=("--repeated-sampling", "--num-sample"), panel="Data", unit="views", metavar="N",
+        help="VideoMAE V2's repeated sampling: each decoded clip gives N views, cropped and masked independently, "
+        "so a step trains on N x --batch-size views for one decode each; the lr scales with videos, not views.",
+    )  # fmt: skip
     run: RunConfig = field(
         default_factory=lambda: RunConfig(output_dir=Path("runs/videomae"), epochs=800, batch_size=64, save_every=5000)
     )
@@ -108,6 +113,8 @@ class VideoMAETrainConfig:
             problems.append(f"decoder_mask_ratio={self.decoder_mask_ratio}: the running cell decodes half (0.5)")
         if self.decoder_mask not in get_args(DecoderMask):
             problems.append(f"decoder_mask={self.decoder_mask!r} is not none or running-cell")
+        if self.repeated_sampling < 1:
+            problems.append(f"repeated_sampling={self.repeated_sampling} must be at least 1")
         if self.stride < 1 or not 0 <= self.flip <= 1:
             problems.append(f"stride={self.stride} must be at least 1 and flip={self.flip} in [0, 1]")
         problems += [f"{p} does not exist" for p in (self.root, self.train_list) if not Path(p).exists()]
@@ -120,6 +127,7 @@ class VideoMAEJob:
 
     def __init__(self, cfg: VideoMAETrainConfig) -> None:
         self.cfg = cfg
+        self.views_per_video = cfg.repeated_sampling
         self.model_cfg = cfg.model_config
         self._train_set: KineticsList | None = None
         self._augment = AugmentConfig(mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -132,7 +140,9 @@ class VideoMAEJob:
                 crop=CropPolicy(kind="multi-scale", flip=self.cfg.flip, output_size=size), decoder=self.cfg.decoder,
                 seed=self.cfg.run.seed,
             )  # fmt: skip
-            self._train_set = KineticsList(KineticsConfig(self.cfg.train_list, clips, self.cfg.stride, jitter=True))
+            self._train_set = KineticsList(KineticsConfig(
+                self.cfg.train_list, clips, self.cfg.stride, jitter=True, views=self.cfg.repeated_sampling
+            ))  # fmt: skip
         return self._train_set
 
     def eval_dataset(self) -> None:
@@ -147,7 +157,9 @@ class VideoMAEJob:
         return None
 
     def loss(self, model: nn.Module, batch: dict[str, Any], env: DistEnv) -> tuple[torch.Tensor, dict]:
-        video = batch["video"]  # (B, T, S, S, 3) uint8 on the device
+        video = batch["video"]  # (B, T, S, S, 3) uint8 on the device; (B, N, T, S, S, 3) with repeated sampling
+        if video.dim() == 6:
+            video = video.flatten(0, 1)  # each view is a sample of its own, with its own mask
         c = self.model_cfg
         # Targets from the 0-255 pixels before normalisation (AVION); the masks drawn on the device, from the
         # step's seed (the engine reseeds torch every step, so a resumed run draws the same masks).

@@ -136,6 +136,22 @@ def jittered_stride_frame_ids(total: int, num_frames: int, stride: int, rng: np.
     return sorted((first + k * stride + int(j)) % total for k, j in enumerate(jitter))
 
 
+def test_clip_frame_ids(total: int, num_frames: int, stride: int | None, clip: int, clips: int) -> list[int]:
+    """Frame ids of test clip ``clip`` of ``clips`` spaced evenly over the video (VideoMAE's multi-clip test):
+    with ``stride``, starts spread over [0, total − span] (the centred start for one clip); without, the
+    segment points shifted by (clip + ½)/clips of a segment (the midpoints for one clip)."""
+    if not 0 <= clip < clips:
+        raise AvtoolError(f"test clip {clip} is not one of {clips}")
+    if stride is None:
+        segment = max(total, 1) / num_frames
+        ids = np.floor((np.arange(num_frames) + (clip + 0.5) / clips) * segment).astype(np.int64)
+        return np.clip(ids, 0, max(total, 1) - 1).tolist()
+    span = (num_frames - 1) * stride + 1
+    room = max(total - span, 0)
+    first = room // 2 if clips == 1 else room * clip // (clips - 1)
+    return [min(first + i * stride, total - 1) for i in range(num_frames)]
+
+
 def plan_frames(video: ChunkedVideo, frame_ids: Sequence[int]) -> ClipPlan:
     """Group global frame ids by the chunk that holds them."""
     ids = sorted(int(i) for i in frame_ids)

@@ -94,6 +94,18 @@ def center_crop(width: int, height: int) -> Crop:
     return Crop((width - side) // 2, (height - side) // 2, side, side)
 
 
+def spatial_crops(width: int, height: int, count: int) -> list[Crop]:
+    """``count`` squares of the short side spread evenly along the long side (multi-view testing: 3 gives
+    left, centre and right, as "short side to S, then three S×S crops"); one is the centre crop."""
+    if count < 1:
+        raise AvtoolError(f"spatial crops must be at least 1, got {count}")
+    if count == 1:
+        return [center_crop(width, height)]
+    side = min(width, height)
+    room_x, room_y = width - side, height - side
+    return [Crop(round(room_x * k / (count - 1)), round(room_y * k / (count - 1)), side, side) for k in range(count)]
+
+
 @dataclass(frozen=True)
 class CropPolicy:
     """How a dataset crops its clips."""

@@ -3,6 +3,8 @@ each in ``fused`` (Fused DecodeCrop) or ``decode-then-crop`` mode, with seek or 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -24,7 +26,7 @@ from avtool.video.decode.base import (
 __all__ = [
     "ACCESSES", "BACKENDS", "MODES", "Access", "Backend", "BadChunkError", "Decoder", "DecoderConfig", "Mode",
     "StageTimes",
-    "make_decoder", "read_clip",
+    "make_decoder", "read_clip", "read_views",
 ]  # fmt: skip
 
 
@@ -44,3 +46,11 @@ def read_clip(decoder: Decoder, plan: ClipPlan, crop: Crop, size: int, times: St
     whichever chunk files they come from."""
     parts = [decoder.decode(read, crop, size, times) for read in plan.reads]
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+
+def read_views(
+    decoder: Decoder, plan: ClipPlan, crops: Sequence[Crop], size: int, times: StageTimes | None = None
+) -> torch.Tensor:
+    """uint8 tensor (len(crops), T, size, size, 3): the plan's frames decoded once, one view per crop."""
+    parts = [decoder.decode_views(read, crops, size, times) for read in plan.reads]
+    return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal, Protocol
 
@@ -135,6 +136,13 @@ class Decoder(Protocol):
     def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> np.ndarray:
         """uint8 array (len(read.frame_ids), size, size, 3): frame ``read.frame_ids[i]`` cropped to
         ``crop`` and resized to size×size. Raises AvtoolError naming the chunk on any failure."""
+        ...
+
+    def decode_views(
+        self, read: ChunkRead, crops: Sequence[Crop], size: int, times: StageTimes | None = None
+    ) -> np.ndarray:
+        """uint8 array (len(crops), len(read.frame_ids), size, size, 3): the read's frames decoded once and
+        cropped once per crop (VideoMAE V2's repeated sampling, the spatial crops of multi-view testing)."""
         ...
 
 

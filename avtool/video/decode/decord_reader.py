@@ -12,6 +12,7 @@ colour conversion runs on a frame of about the output's scale instead of the sou
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from time import perf_counter
 
 import numpy as np
@@ -32,14 +33,45 @@ class DecordDecoder:
     def device(self) -> str:
         return "cpu"
 
+    def decode_views(
+        self, read: ChunkRead, crops: Sequence[Crop], size: int, times: StageTimes | None = None
+    ) -> np.ndarray:
+        """decord scales whole frames inside decoding, so each fused view is a decode of its own (no saving);
+        decode-then-crop decodes once and crops every view."""
+        if self.config.mode == "fused":
+            return np.stack([self.decode(read, crop, size, times) for crop in crops])
+        stage = StageTimes()
+        full = self._decode(read, None, size, stage)
+        t = perf_counter()
+        out = np.stack([crop_resize(full, crop, size) for crop in crops])
+        stage.resize += perf_counter() - t
+        stage.total += perf_counter() - t
+        if times is not None:
+            times.add(stage)
+        return out
+
     def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> np.ndarray:
+        stage = StageTimes()
+        frames = self._decode(read, crop if self.config.mode == "fused" else None, size, stage)
+        t = perf_counter()
+        if self.config.mode != "fused":
+            frames = crop_resize(frames, crop, size)
+        stage.resize += perf_counter() - t
+        stage.total += perf_counter() - t
+        if times is not None:
+            times.add(stage)
+        return frames
+
+    def _decode(self, read: ChunkRead, crop: Crop | None, size: int, stage: StageTimes) -> np.ndarray:
+        """The read's frames in its order: scaled and cut to ``crop`` (fused) or whole (``crop`` None)."""
         import decord  # imported here: importing decord costs ~0.3 s and only this backend needs it
 
-        stage = StageTimes(reads=1)
+        stage.reads += 1
         begin = perf_counter()
-        crop.check(read.width, read.height)
+        if crop is not None:
+            crop.check(read.width, read.height)
         wanted = sorted(set(read.frame_ids))
-        fused = self.config.mode == "fused"
+        fused = crop is not None
         # Whole-frame size at which the crop measures size×size (never below the crop's reach).
         scaled_w = max(round(read.width * size / crop.w), size) if fused else -1
         scaled_h = max(round(read.height * size / crop.h), size) if fused else -1
@@ -64,20 +96,16 @@ class DecordDecoder:
             stage.decode += perf_counter() - t
         except decord.DECORDError as e:
             raise BadChunkError(f"{read.label}: undecodable chunk ({str(e).splitlines()[0]})") from None
-        t = perf_counter()
         if fused:
+            t = perf_counter()
             x = min(round(crop.x * size / crop.w), scaled_w - size)
             y = min(round(crop.y * size / crop.h), scaled_h - size)
             frames = frames[:, y : y + size, x : x + size]
             frames = np.ascontiguousarray(frames[:, :, ::-1] if crop.flip else frames)
-        else:
-            frames = crop_resize(frames, crop, size)
-        stage.resize += perf_counter() - t
+            stage.resize += perf_counter() - t
         position = {i: k for k, i in enumerate(wanted)}
         out = frames[[position[i] for i in read.frame_ids]]
-        stage.total = perf_counter() - begin
-        if times is not None:
-            times.add(stage)
+        stage.total += perf_counter() - begin
         return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import perf_counter
 
 import av
@@ -51,8 +51,8 @@ class PyAVDecoder:
         self._hw_keepalive: tuple[HWAccel, HWAccel] | None = None
         self._software_frames = False
         """pyav-nvdec: some frame came out of the software decoder (FFmpeg's silent fallback)."""
-        self._fused: dict[tuple[int, int, str], FusedConverter] = {}
-        """Fused mode: one crop graph and scaler per frame geometry, reused across chunks and clips."""
+        self._fused: dict[tuple[int, int, str, int], FusedConverter] = {}
+        """Fused mode: one crop graph and scaler per frame geometry and view, reused across chunks and clips."""
         self._contexts: dict[tuple, av.CodecContext] = {}
         """Decoders by stream parameters, least recently used first (see ``_context_for``)."""
         self._owner = os.getpid()
@@ -76,18 +76,23 @@ class PyAVDecoder:
         return "cuda (NVDEC; some streams decoded on the CPU)" if self._software_frames else "cuda (NVDEC)"
 
     def decode(self, read: ChunkRead, crop: Crop, size: int, times: StageTimes | None = None) -> np.ndarray:
+        return self.decode_views(read, (crop,), size, times)[0]
+
+    def decode_views(
+        self, read: ChunkRead, crops: Sequence[Crop], size: int, times: StageTimes | None = None
+    ) -> np.ndarray:
         stage = StageTimes(reads=1)
         begin = perf_counter()
         wanted = sorted(set(read.frame_ids))
-        frames: dict[int, np.ndarray] = {}
+        frames: dict[int, list[np.ndarray]] = {}
         try:
             try:
                 if self.config.access == "seek":
-                    frames = self._run(read, wanted, crop, size, stage, seek=True)
+                    frames = self._run(read, wanted, crops, size, stage, seek=True)
             except _Incomplete:
                 frames = {}
             if len(frames) < len(wanted):
-                frames = self._run(read, wanted, crop, size, stage, seek=False)
+                frames = self._run(read, wanted, crops, size, stage, seek=False)
         except av.error.FFmpegError as e:
             raise BadChunkError(f"{read.label}: undecodable chunk ({_reason(e)})") from None
         missing = [i for i in wanted if i not in frames]
@@ -98,18 +103,22 @@ class PyAVDecoder:
             )
         if self.config.mode == "decode-then-crop":
             t = perf_counter()
-            resized = crop_resize(np.stack([frames[i] for i in wanted]), crop, size)
-            frames = dict(zip(wanted, resized, strict=True))
+            full = np.stack([frames[i][0] for i in wanted])
+            views = [crop_resize(full, crop, size) for crop in crops]
+            frames = {i: [view[k] for view in views] for k, i in enumerate(wanted)}
             stage.resize += perf_counter() - t
-        out = np.stack([frames[i] for i in read.frame_ids])
+        out = np.empty((len(crops), len(read.frame_ids), size, size, 3), np.uint8)  # the one copy of the pixels
+        for k, i in enumerate(read.frame_ids):
+            for v, array in enumerate(frames[i]):
+                out[v, k] = array
         stage.total = perf_counter() - begin
         if times is not None:
             times.add(stage)
         return out
 
     def _run(
-        self, read: ChunkRead, wanted: list[int], crop: Crop, size: int, stage: StageTimes, seek: bool
-    ) -> dict[int, np.ndarray]:
+        self, read: ChunkRead, wanted: list[int], crops: Sequence[Crop], size: int, stage: StageTimes, seek: bool
+    ) -> dict[int, list[np.ndarray]]:
         t = perf_counter()
         container = _open(read)  # demuxing only: the decoder is this object's own, kept across chunks
         try:
@@ -121,8 +130,8 @@ class PyAVDecoder:
             start = stream.start_time or 0
             stage.open += perf_counter() - t
 
-            frames: dict[int, np.ndarray] = {}
-            convert = self._converter(stream, crop, size, stage)
+            frames: dict[int, list[np.ndarray]] = {}
+            convert = self._converter(stream, crops, size, stage)
 
             def emit(index: int, frame: av.VideoFrame) -> None:
                 if frame.is_corrupt:
@@ -145,34 +154,40 @@ class PyAVDecoder:
         finally:
             container.close()
 
-    def _converter(self, stream, crop: Crop, size: int, stage: StageTimes) -> Callable[[av.VideoFrame], np.ndarray]:
+    def _converter(
+        self, stream, crops: Sequence[Crop], size: int, stage: StageTimes
+    ) -> Callable[[av.VideoFrame], list[np.ndarray]]:
+        """frame -> one RGB array per crop (fused mode), or the one full RGB frame (decode-then-crop)."""
         fused = self.config.mode == "fused"
         nvdec = self.config.backend == "pyav-nvdec"
-        converter: FusedConverter | None = None
+        converters: list[FusedConverter] = []
         checked = False
 
-        def convert(frame: av.VideoFrame) -> np.ndarray:
-            nonlocal converter, checked
+        def convert(frame: av.VideoFrame) -> list[np.ndarray]:
+            nonlocal converters, checked
             t = perf_counter()
             if not checked:
-                crop.check(frame.width, frame.height)
+                for crop in crops:
+                    crop.check(frame.width, frame.height)
                 checked = True
             if nvdec:
                 frame = self._download(frame)
             if fused:
-                if converter is None:
-                    key = geometry(frame)
-                    if key not in self._fused:
-                        self._fused[key] = FusedConverter(frame, stream.time_base)
-                    converter = self._fused[key]
-                    converter.start(crop, size)
-                array = converter(frame)
+                if not converters:
+                    # One converter per view: each keeps its crop, so the views of a frame need no new commands.
+                    for view, crop in enumerate(crops):
+                        key = (*geometry(frame), view)
+                        if key not in self._fused:
+                            self._fused[key] = FusedConverter(frame, stream.time_base)
+                        converters.append(self._fused[key])
+                        converters[-1].start(crop, size)
+                arrays = [converter(frame) for converter in converters]
             else:
                 if self._to_rgb is None:
                     self._to_rgb = VideoReformatter()
-                array = self._to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                arrays = [self._to_rgb.reformat(frame, format="rgb24", threads=1).to_ndarray()]
             stage.convert += perf_counter() - t
-            return array
+            return arrays
 
         return convert
 
