@@ -201,21 +201,24 @@ def test_ladder_of_videomae_times_both_decoding_modes_per_worker_count_and_plots
 
     result = subprocess.run([
         AVTOOL, "bench", "ladder", "--tiny", "--device", "cpu", "--job", "videomae", "--batch-size", "4",
-        "--workers-sweep", "1,2", "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "res"),
+        "--workers-sweep", "1,2", "--repeated-sampling", "2", "--data-dir", str(tmp_path / "data"),
+        "--output", str(tmp_path / "res"),
     ], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = pd.read_csv(tmp_path / "res/ladder.csv")
-    assert list(rows.row) == ["decode-then-crop-w1", "fused-w1", "decode-then-crop-w2", "fused-w2"]
+    assert list(rows.row) == [f"{v}-w{w}" for w in (1, 2) for v in ("decode-then-crop", "fused", "fused-rs2")]
     assert (rows.job == "videomae").all() and (rows.status == "ok").all() and (rows.chunks == "kinetics").all()
     assert (rows.s_per_it > 0).all() and (rows.data_s_per_it >= 0).all() and (rows.loader_clips_per_s > 0).all()
     configs = json.loads((tmp_path / "res/ladder.json").read_text())["row_configs"]
-    assert [c["decoder"]["mode"] for c in configs] == ["decode-then-crop", "fused"] * 2
-    assert [c["run"]["workers"] for c in configs] == [1, 1, 2, 2] and configs[0]["mask_ratio"] == 0.9
+    assert [c["decoder"]["mode"] for c in configs] == ["decode-then-crop", "fused", "fused"] * 2
+    assert [c["repeated_sampling"] for c in configs] == [1, 1, 2] * 2
+    assert [c["run"]["workers"] for c in configs] == [1, 1, 1, 2, 2, 2] and configs[0]["mask_ratio"] == 0.9
     # The clips were chunked whole at short side 320 from the sample's Kinetics layout.
     chunks = pd.read_csv(tmp_path / "data/chunks/kinetics-320p/manifest.csv")
     assert (chunks.height == 320).all() and (chunks.start == 0).all()
     assert "Fig. 7 on this machine" in result.stdout and "avtool plot fig7" in result.stdout
     assert "Table 5 projection: fused:" in result.stdout and "VideoMAE 995, AVION 583" in result.stdout
+    assert "fused-rs2: " in result.stdout
     plotted = subprocess.run([AVTOOL, "plot", "fig7", str(tmp_path / "res/ladder.csv")], capture_output=True, text=True)
     assert plotted.returncode == 0 and (tmp_path / "res/ladder.png").stat().st_size > 10_000, plotted.stderr
 

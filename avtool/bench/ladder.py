@@ -116,6 +116,11 @@ class LadderConfig:
         (4, 8, 12, 16), panel="Run", metavar="N,...",
         help="--job videomae: the loader workers per GPU of each pair of rows (Fig. 7: 4-16).",
     )  # fmt: skip
+    repeated_sampling: int = option(
+        1, panel="Run", unit="views", metavar="N",
+        help="--job videomae: with N > 1, a third row per worker count, fused with VideoMAE V2's repeated "
+        "sampling (N views per decoded clip; the row's clips/s counts decoded clips).",
+    )  # fmt: skip
     kinetics_clips: int = 40
     """--job videomae without --videos: sample clips per class (200 training clips of 10 s, 33 min of footage)."""
     rows: tuple[str, ...] = option(
@@ -168,6 +173,8 @@ class LadderConfig:
             out.append("the baseline cannot be left out: every other row is a change to it")
         if self.job not in ("lavila", "videomae"):
             out.append(f"job={self.job!r} is not lavila or videomae")
+        if self.repeated_sampling < 1:
+            out.append(f"--repeated-sampling {self.repeated_sampling} must be at least 1")
         if not self.workers_sweep or min(self.workers_sweep) < 0:
             out.append("--workers-sweep needs worker counts of 0 or more")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -308,7 +315,8 @@ def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable
 
     root, train_list = prepare_kinetics(cfg.inputs, report, cfg.kinetics_clips)
     size = "tiny" if cfg.model.name == "tiny" else "base"  # Fig. 7 is ViT-B; --tiny for seconds on a CPU
-    plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size)
+    plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size,
+                      cfg.repeated_sampling)  # fmt: skip
     for *_, row_cfg in plans:
         row_cfg.check()
     VideoMAEJob(plans[0][-1]).train_dataset()  # the rows share the clips and list: a bad list fails here, once

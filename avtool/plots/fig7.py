@@ -36,13 +36,14 @@ def fig7_figure(frame: pd.DataFrame) -> Figure:
     batches = sorted(frame["batch_size"].unique())
     for ax, column, title in zip(panels, ("s_per_it", "data_s_per_it"), ("Iteration", "Data-loading overhead"),
                                  strict=True):  # fmt: skip
-        for mode in MODES:
+        for mode in [m for m in MODES if m in set(frame["mode"])] + sorted(set(frame["mode"]) - set(MODES)):
             for batch, dash in zip(batches, ("-", "--", ":", "-."), strict=False):
                 rows = frame[(frame["mode"] == mode) & (frame["batch_size"] == batch)].sort_values("workers")
                 if rows.empty:
                     continue
-                color, marker = STYLES[mode]
-                label = LABELS[mode] + (f", B = {batch}" if len(batches) > 1 else "")
+                color, marker = STYLES.get(mode, ("#55a868", "^"))
+                label = LABELS[mode] if mode in LABELS else _repeated_label(mode)
+                label += f", B = {batch}" if len(batches) > 1 else ""
                 ax.plot(rows["workers"], rows[column], dash, color=color, marker=marker, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("loader workers per GPU")
@@ -52,3 +53,8 @@ def fig7_figure(frame: pd.DataFrame) -> Figure:
         ax.spines[["top", "right"]].set_visible(False)
     panels[0].legend(frameon=False, fontsize=9)
     return figure
+
+
+def _repeated_label(mode: str) -> str:
+    """``fused-rs2`` → "Fused DecodeCrop, 2 views per clip"."""
+    return f"{LABELS['fused']}, {mode.rsplit('-rs', 1)[1]} views per clip"
