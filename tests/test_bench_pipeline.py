@@ -230,3 +230,23 @@ def test_table5_projection_counts_gpu_hours_of_800_kinetics_epochs():
     # 241,258 clips are 3.0M steps per GPU's share (the paper's 583 does not follow from its own s/it).
     assert projected_gpu_hours(1.55, 64) == pytest.approx(800 * 241_258 / 64 * 1.55 / 3600)
     assert round(projected_gpu_hours(1.55, 64)) == 1298
+
+
+def test_pipeline_of_videomae_is_cpu_bound_with_one_worker_and_measures_repeated_sampling(tmp_path):
+    # VideoMAE's tiny step on 32² clips against one worker decoding 320p Kinetics clips the reference way
+    # (whole frames, then a crop): loading is the bound, as Fig. 7 says of MAE pretraining.
+    from avtool.bench.pipeline import REMEDY_VIEWS
+    from avtool.video.decode import DecoderConfig
+
+    inputs = BenchInputs(data_dir=tmp_path / "data", kinetics_clips=1)
+    cfg = _pipeline(inputs, tmp_path, job="videomae", cores=1, gpus=(1,), remedies=True, batch_size=4,
+                    decoder=DecoderConfig(mode="decode-then-crop"))  # fmt: skip
+    result = run_pipeline(cfg)
+    (row,) = result.rows
+    assert row.bound == "CPU" and row.cpu_clips_per_s * 2 < row.gpu_clips_per_s, result.verdict
+    assert result.configs["avtool"]["repeated_sampling"] == 1 and result.configs["avtool"]["size"] == "tiny"
+    (remedy,) = result.measurements["remedies"]  # no NVDEC on a CPU
+    assert remedy["change"].startswith(f"repeated sampling (--repeated-sampling {REMEDY_VIEWS}")
+    # One decode gives two views: the views per second beat the clips per second of one view each.
+    assert remedy["cpu_clips_per_s"] > 1.3 * row.cpu_clips_per_s, result.verdict
+    assert any("repeated sampling" in line for line in result.verdict)

@@ -25,9 +25,11 @@ KINETICS_CHUNKS = "kinetics"
 """The chunk set of the Kinetics clips (``avtool.bench.inputs.CHUNK_SETS``)."""
 
 
-def prepare_kinetics(inputs: BenchInputs, report: Callable[[str], None], clips_per_class: int) -> tuple[Path, Path]:
+def prepare_kinetics(inputs: BenchInputs, report: Callable[[str], None]) -> tuple[Path, Path]:
     """(chunked Kinetics root, its training list): the given clips and list, else the sample's Kinetics layout
-    (generated once, without long Ego4D videos), chunked into the ``kinetics`` set."""
+    (``inputs.kinetics_clips`` per class, generated once, without long Ego4D videos), chunked into the
+    ``kinetics`` set."""
+    clips_per_class = inputs.kinetics_clips
     if inputs.videos is not None and inputs.metadata is not None:
         videos, train_list = Path(inputs.videos), Path(inputs.metadata)
     else:

@@ -52,6 +52,8 @@ class BenchInputs:
     """How the chunk sets are encoded besides what each set changes (chunk length, keyframes, tune)."""
     sample_preset: Literal["demo", "bench"] = "bench"
     """The `avtool sample` preset generated when --videos is not given."""
+    kinetics_clips: int = 40
+    """--job videomae without --videos: sample clips per class (200 training clips of 10 s, 33 min of footage)."""
 
     def problems(self) -> list[str]:
         out = []

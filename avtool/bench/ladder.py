@@ -57,6 +57,16 @@ from avtool.train.model_factory import dual_encoder_config
 JobName = Literal["lavila", "videomae"]
 
 
+def job_option() -> Any:
+    """--job of the end-to-end benches."""
+    return option(
+        "lavila", panel="Model", metavar="lavila|videomae",
+        help="The training job timed: lavila (LaViLa pretraining on Ego4D-style footage: Table 4's rows) or "
+        "videomae (VideoMAE pretraining on Kinetics-style clips: in bench ladder, Fig. 7's rows, each worker count "
+        "of --workers-sweep in decode-then-crop and fused mode).",
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Rung:
     """One row's change over the row before it."""
@@ -107,11 +117,7 @@ class LadderConfig:
     """The ladder's rows, batches, time per row and inputs; the job's other settings are its recipe's."""
 
     inputs: BenchInputs = field(default_factory=BenchInputs)
-    job: JobName = option(
-        "lavila", panel="Model", metavar="lavila|videomae",
-        help="The training job whose step is timed: lavila (Table 4's rows) or videomae (Fig. 7: each worker count "
-        "of --workers-sweep in decode-then-crop and fused mode, on Kinetics-style clips).",
-    )  # fmt: skip
+    job: JobName = job_option()
     workers_sweep: tuple[int, ...] = option(
         (4, 8, 12, 16), panel="Run", metavar="N,...",
         help="--job videomae: the loader workers per GPU of each pair of rows (Fig. 7: 4-16).",
@@ -121,8 +127,6 @@ class LadderConfig:
         help="--job videomae: with N > 1, a third row per worker count, fused with VideoMAE V2's repeated "
         "sampling (N views per decoded clip; the row's clips/s counts decoded clips).",
     )  # fmt: skip
-    kinetics_clips: int = 40
-    """--job videomae without --videos: sample clips per class (200 training clips of 10 s, 33 min of footage)."""
     rows: tuple[str, ...] = option(
         RUNG_NAMES, flags="--rows", panel="Run", metavar="NAME,...", show_default="all",
         help=f"Rows to time, by name: {', '.join(RUNG_NAMES)}. Each row has the changes of every row below it, "
@@ -313,7 +317,7 @@ def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable
     from avtool.bench.fig7 import KINETICS_CHUNKS, fig7_rows, prepare_kinetics
     from avtool.train.videomae import VideoMAEJob
 
-    root, train_list = prepare_kinetics(cfg.inputs, report, cfg.kinetics_clips)
+    root, train_list = prepare_kinetics(cfg.inputs, report)
     size = "tiny" if cfg.model.name == "tiny" else "base"  # Fig. 7 is ViT-B; --tiny for seconds on a CPU
     plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size,
                       cfg.repeated_sampling)  # fmt: skip

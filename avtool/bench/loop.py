@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate, get_worker_in
 from avtool.bench.procstat import Usage, UsageMeter, own_read_bytes
 from avtool.data.base import ClipDataset
 from avtool.data.loader import Loader, set_epoch
+from avtool.errors import AvtoolError
 from avtool.options import option
 from avtool.train.config import RunConfig
 from avtool.train.distributed import DistEnv
@@ -295,6 +296,9 @@ def timed_loader(
     reads capped at ``read_limit_mb_per_s`` (all workers together) when given."""
     limit = None if read_limit_mb_per_s is None else read_limit_mb_per_s * 1e6
     dataset = TimedDataset(job.train_dataset(), limit, drop_page_cache)
+    if len(dataset) < run.batch_size:
+        raise AvtoolError(f"the training set has {len(dataset)} clips, fewer than one batch of {run.batch_size}: "
+                          "lower --batch-size or give more clips")  # fmt: skip
     loader = build_loader(job, run, env, dataset=dataset, collate_fn=TimedCollate(job.collate()))
     set_epoch(loader, 0, until=1_000_000)  # one pass that runs on across epochs, as training's does
     return dataset, loader

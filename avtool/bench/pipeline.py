@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from avtool.bench.inputs import CHUNK_SETS, BenchInputs, prepare_chunks, prepare_sources
-from avtool.bench.ladder import job_config, recipe_default, rungs
+from avtool.bench.ladder import JobName, job_config, job_option, recipe_default, rungs
 from avtool.bench.loop import (
     LOAD_SECONDS,
     Timing,
@@ -56,14 +56,18 @@ from avtool.train.config import (
     seed_option,
 )
 from avtool.train.distributed import DistEnv, resolve_device
-from avtool.train.engine import build_training, flush_denormals
+from avtool.train.engine import Job, build_training, flush_denormals
 from avtool.train.lavila import LavilaConfig, LavilaJob
 from avtool.train.model_config import ModelConfig
+from avtool.train.videomae import VideoMAEJob, VideoMAETrainConfig
 from avtool.video.decode import DecoderConfig
 
 Bound = Literal["GPU", "CPU", "IO"]
 FAST_CHUNKS = "15s-1s-keys-fastdecode-b8"
-"""The chunk set of the CPU remedy the verdict measures."""
+"""The chunk set of the CPU remedy the verdict measures (--job lavila)."""
+REMEDY_VIEWS = 2
+"""--job videomae: views per decoded clip in the repeated-sampling remedy (VideoMAE V2's)."""
+JobConfig = LavilaConfig | VideoMAETrainConfig
 
 
 @dataclass(frozen=True)
@@ -71,13 +75,18 @@ class PipelineConfig:
     """One job configuration measured part by part, for g = 1, 2, 4, 8 GPUs' shares of this machine."""
 
     inputs: BenchInputs = field(default_factory=BenchInputs)
+    job: JobName = job_option()
     chunks: str = option(
         "15s-1s-keys", panel="Data", metavar="SET",
-        help=f"Chunk set the job reads: {', '.join(CHUNK_SETS)} (made with avtool chunk and kept in --data-dir).",
+        help=f"Chunk set the lavila job reads: {', '.join(CHUNK_SETS)} (made with avtool chunk and kept in "
+        "--data-dir); --job videomae reads the kinetics set.",
     )  # fmt: skip
     model: ModelConfig = field(default_factory=lambda: recipe_default("model"))
     decoder: DecoderConfig = field(default_factory=lambda: recipe_default("decoder"))
-    batch_size: int = option(256, panel="Optimisation", unit="clips", help="Clips per GPU per step.")
+    batch_size: int | None = option(
+        None, panel="Optimisation", unit="clips", show_default="the job's recipe: 256 lavila, 64 videomae",
+        help="Clips per GPU per step.",
+    )  # fmt: skip
     gpus: tuple[int, ...] = option((1, 2, 4, 8), flags="--gpus", panel="Run", help="GPU counts to assess, "
                                    "repeatable.")  # fmt: skip
     cores: int = option(
@@ -111,9 +120,20 @@ class PipelineConfig:
             out.append(f"--chunks {self.chunks!r} is not one of {', '.join(CHUNK_SETS)}")
         if not self.gpus or min(self.gpus) < 1:
             out.append("--gpus must be at least 1")
-        if self.cores < 1 or self.batch_size < 1 or self.loader_batch < 1:
+        if self.cores < 1 or self.clips_per_gpu < 1 or self.loader_batch < 1:
             out.append("cores, batch size and loader batch must be at least 1")
         return out + timing_problems(self.seconds, self.warmup_steps, self.min_steps, self.read_limit)
+
+    @property
+    def clips_per_gpu(self) -> int:
+        """--batch-size, else the job's recipe batch."""
+        if self.batch_size is not None:
+            return self.batch_size
+        if self.job == "videomae":
+            return (
+                next(f for f in dataclasses.fields(VideoMAETrainConfig) if f.name == "run").default_factory().batch_size
+            )
+        return recipe_default("run").batch_size
 
 
 @dataclass(frozen=True)
@@ -194,7 +214,8 @@ def verdict(rows: list[PipelineRow], remedies: list[Remedy], read_mb_per_s: floa
                "IO": "the volume's reads allow"}  # fmt: skip
         line = (
             f"{_gpus(row.gpus)}{' (emulated)' if row.emulated else ''}: {bound}-bound: {who[bound]} "
-            f"{rate(low)} clips/s, against {rate(nxt)} the {second} side allows ({nxt / low:.1f}× headroom)"
+            f"{rate(low)} clips/s, against {rate(nxt)} the {second} side allows "
+            + (f"({nxt / low:.1f}× headroom)" if low > 0 else "(none measured: lengthen --seconds)")
         )
         if row.actual_clips_per_s is not None:
             line += f"; measured end to end: {rate(row.actual_clips_per_s)} clips/s"
@@ -252,22 +273,15 @@ def run_pipeline(cfg: PipelineConfig, report: Callable[[str], None] = lambda lin
     raise_problems("bench pipeline", cfg.problems())
     env = DistEnv(0, 0, 1, resolve_device(cfg.device))
     flush_denormals(env.device)
-    videos, metadata = prepare_sources(cfg.inputs, report)
-    decoder = {("decoder", f.name): getattr(cfg.decoder, f.name) for f in dataclasses.fields(DecoderConfig)}
-    pipelines = {"avtool": (cfg.chunks, decoder)}
-    if cfg.reference:
-        baseline = rungs("cudnn")[0]
-        pipelines["reference"] = (baseline.chunks, baseline.values)
-    wanted = {chunks for chunks, _ in pipelines.values()} | ({FAST_CHUNKS} if cfg.remedies else set())
-    roots = {name: prepare_chunks(cfg.inputs, videos, name, report) for name in sorted(wanted)}
-    run = RunConfig(output_dir=Path(cfg.output_dir) / cfg.name, batch_size=cfg.batch_size,
+    run = RunConfig(output_dir=Path(cfg.output_dir) / cfg.name, batch_size=cfg.clips_per_gpu,
                     workers=workers_per_gpu(cfg.cores, 1),
                     precision=cfg.precision, device=cfg.device, seed=cfg.seed)  # fmt: skip
-    configs = {name: job_config(values, roots[chunks], metadata, cfg.model, run)
-               for name, (chunks, values) in pipelines.items()}  # fmt: skip
+    configs, roots, read_root = (
+        _videomae_configs(cfg, run, report) if cfg.job == "videomae" else _lavila_configs(cfg, run, report)
+    )
     for row_cfg in configs.values():
         row_cfg.check()
-    read = _read_speed(roots[cfg.chunks], cfg)
+    read = _read_speed(read_root, cfg)
     local_gpus = torch.cuda.device_count() if env.device.type == "cuda" else 1
     worker_counts = sorted({workers_per_gpu(cfg.cores, g) for g in cfg.gpus}, reverse=True)
 
@@ -293,8 +307,8 @@ def run_pipeline(cfg: PipelineConfig, report: Callable[[str], None] = lambda lin
     avtool_rows = [r for r in rows if r.pipeline == "avtool"]
     cpu_bound = [r for r in avtool_rows if r.bound == "CPU"]
     if cfg.remedies and cpu_bound:
-        remedies = _measure_remedies(cfg, configs["avtool"], roots[FAST_CHUNKS], env, cpu_bound[0].workers_per_gpu,
-                                     report)  # fmt: skip
+        remedies = _measure_remedies(cfg, configs["avtool"], roots.get(FAST_CHUNKS), env,
+                                     cpu_bound[0].workers_per_gpu, report)  # fmt: skip
     lines = verdict(avtool_rows, remedies, read / 1e6, measurements["avtool"]["bytes_per_clip"])
     measurements["remedies"] = [dataclasses.asdict(r) for r in remedies]
     return PipelineResult(rows, measurements, lines, {k: to_jsonable(v) for k, v in configs.items()})
@@ -307,13 +321,55 @@ def _read_speed(root: Path, cfg: PipelineConfig) -> float:
     return min(measured, cfg.read_limit * 1e6) if cfg.read_limit else measured
 
 
-def _measure_remedies(cfg: PipelineConfig, row_cfg: LavilaConfig, fast_root: Path, env: DistEnv, workers: int,
+def _lavila_configs(cfg: PipelineConfig, run: RunConfig, report: Callable[[str], None]
+                    ) -> tuple[dict[str, JobConfig], dict[str, Path], Path]:  # fmt: skip
+    """(the pipelines' job configurations, the chunk sets they and the remedies read, the avtool set)."""
+    videos, metadata = prepare_sources(cfg.inputs, report)
+    decoder = {("decoder", f.name): getattr(cfg.decoder, f.name) for f in dataclasses.fields(DecoderConfig)}
+    pipelines = {"avtool": (cfg.chunks, decoder)}
+    if cfg.reference:
+        baseline = rungs("cudnn")[0]
+        pipelines["reference"] = (baseline.chunks, baseline.values)
+    wanted = {chunks for chunks, _ in pipelines.values()} | ({FAST_CHUNKS} if cfg.remedies else set())
+    roots = {name: prepare_chunks(cfg.inputs, videos, name, report) for name in sorted(wanted)}
+    configs: dict[str, JobConfig] = {name: job_config(values, roots[chunks], metadata, cfg.model, run)
+                                     for name, (chunks, values) in pipelines.items()}  # fmt: skip
+    return configs, roots, roots[cfg.chunks]
+
+
+def _videomae_configs(cfg: PipelineConfig, run: RunConfig, report: Callable[[str], None]
+                      ) -> tuple[dict[str, JobConfig], dict[str, Path], Path]:  # fmt: skip
+    """As ``_lavila_configs`` for VideoMAE on the Kinetics set: avtool's decoder, and Fig. 7's reference
+    (decode-then-crop)."""
+    from avtool.bench.fig7 import KINETICS_CHUNKS, prepare_kinetics
+
+    root, train_list = prepare_kinetics(cfg.inputs, report)
+    size = "tiny" if cfg.model.name == "tiny" else "base"  # as Fig. 7: ViT-B; --tiny for seconds on a CPU
+
+    def config(decoder: DecoderConfig) -> VideoMAETrainConfig:
+        return VideoMAETrainConfig(root=root, train_list=train_list, size=size, decoder=decoder, run=run)  # type: ignore[arg-type]
+
+    configs: dict[str, JobConfig] = {"avtool": config(cfg.decoder)}
+    if cfg.reference:
+        configs["reference"] = config(DecoderConfig(mode="decode-then-crop"))
+    return configs, {KINETICS_CHUNKS: root}, root
+
+
+def _measure_remedies(cfg: PipelineConfig, row_cfg: JobConfig, fast_root: Path | None, env: DistEnv, workers: int,
                       report: Callable[[str], None]) -> list[Remedy]:  # fmt: skip
     """The CPU side with each remedy, at the first CPU-bound g's workers per GPU."""
-    report(f"remedy: fast-decode chunks, loader alone, {workers} worker(s)")
-    fast = dataclasses.replace(row_cfg, root=fast_root)
-    out = [Remedy("fast-decode chunks (avtool chunk --tune fastdecode --bframes 8)",
-                  _loader_throughput(cfg, fast, env, workers).clips_per_s)]  # fmt: skip
+    out = []
+    if isinstance(row_cfg, VideoMAETrainConfig):
+        report(f"remedy: repeated sampling ({REMEDY_VIEWS} views per clip), loader alone, {workers} worker(s)")
+        repeated = dataclasses.replace(row_cfg, repeated_sampling=REMEDY_VIEWS)
+        views = _loader_throughput(cfg, repeated, env, workers).clips_per_s * REMEDY_VIEWS
+        out.append(Remedy(f"repeated sampling (--repeated-sampling {REMEDY_VIEWS}; views/s, each decoded clip "
+                          f"trains {REMEDY_VIEWS} views)", views))  # fmt: skip
+    elif fast_root is not None:
+        report(f"remedy: fast-decode chunks, loader alone, {workers} worker(s)")
+        fast = dataclasses.replace(row_cfg, root=fast_root)
+        out.append(Remedy("fast-decode chunks (avtool chunk --tune fastdecode --bframes 8)",
+                          _loader_throughput(cfg, fast, env, workers).clips_per_s))  # fmt: skip
     if env.device.type == "cuda" and row_cfg.decoder.backend == "pyav":
         k = max(1, workers // 4)
         report(f"remedy: hybrid decoding, {k} of {workers} worker(s) on NVDEC, loader alone")
@@ -324,33 +380,41 @@ def _measure_remedies(cfg: PipelineConfig, row_cfg: LavilaConfig, fast_root: Pat
 
 
 def chunk_files(root: Path) -> list[Path]:
-    """The chunk files under ``root`` (``<video>.mp4/<start>.mp4``), sorted."""
-    return sorted(p for p in root.glob("*/*") if p.suffix.lower() == ".mp4" and p.is_file() and p.parent.is_dir()
-                  and not p.parent.name.startswith("."))  # fmt: skip
+    """The chunk files under ``root`` (``<video>.mp4/<start>.mp4``, video folders at any depth, as Kinetics'
+    ``train/<class>/<clip>.mp4/0.mp4``), sorted; unfinished output (hidden folders) left out."""
+    root = Path(root)
+    return sorted(
+        p for p in root.rglob("*.mp4")
+        if p.is_file() and p.parent != root and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )  # fmt: skip
 
 
-def _job_parts(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv, workers: int, batch_size: int,
+def _job_parts(cfg: PipelineConfig, row_cfg: JobConfig, env: DistEnv, workers: int, batch_size: int,
                limited: bool = False):  # fmt: skip
     """The job of a pipeline with ``workers`` and ``batch_size``, and its loader; ``limited``: reads capped
     by --read-limit (only end to end: the CPU side is measured without the cap, the IO side with it)."""
     run = dataclasses.replace(row_cfg.run, workers=workers, batch_size=batch_size)
-    job = LavilaJob(dataclasses.replace(row_cfg, run=run))
+    job = _job(dataclasses.replace(row_cfg, run=run))
     _, loader = timed_loader(job, run, env, read_limit_mb_per_s=cfg.read_limit if limited else None,
                              drop_page_cache=cfg.drop_page_cache)  # fmt: skip
     return job, run, loader
 
 
-def _gpu_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv) -> Timing:
+def _job(row_cfg: JobConfig) -> Job:
+    return VideoMAEJob(row_cfg) if isinstance(row_cfg, VideoMAETrainConfig) else LavilaJob(row_cfg)
+
+
+def _gpu_throughput(cfg: PipelineConfig, row_cfg: JobConfig, env: DistEnv) -> Timing:
     # One real batch, gathered from small batches that the workers make in parallel: one worker alone would
     # take B clips' decoding time (minutes for the reference pipeline at B = 256).
     job, run, loader = _job_parts(cfg, row_cfg, env, workers=min(row_cfg.run.workers, cfg.cores),
                                   batch_size=cfg.loader_batch)  # fmt: skip
     training = None
     try:
-        batch = _gather(loader, math.ceil(cfg.batch_size / cfg.loader_batch), cfg.batch_size)
+        batch = _gather(loader, math.ceil(cfg.clips_per_gpu / cfg.loader_batch), cfg.clips_per_gpu)
         close_loader(loader)
         torch.manual_seed(cfg.seed)
-        training = build_training(job, dataclasses.replace(run, batch_size=cfg.batch_size), row_cfg.optim, env)
+        training = build_training(job, dataclasses.replace(run, batch_size=cfg.clips_per_gpu), row_cfg.optim, env)
         return time_resident(job, training, batch, env, warmup_steps=cfg.warmup_steps, seconds=cfg.seconds,
                              min_steps=cfg.min_steps)  # fmt: skip
     finally:
@@ -373,13 +437,13 @@ def _gather(loader: Any, batches: int, size: int) -> dict[str, Any]:
     return {key: joined(key) for key in parts[0]}
 
 
-def _loader_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv, workers: int) -> Timing:
+def _loader_throughput(cfg: PipelineConfig, row_cfg: JobConfig, env: DistEnv, workers: int) -> Timing:
     _, _, loader = _job_parts(cfg, row_cfg, env, workers=workers, batch_size=cfg.loader_batch)
     return time_loader(loader, seconds=cfg.seconds)
 
 
-def _actual_throughput(cfg: PipelineConfig, row_cfg: LavilaConfig, env: DistEnv) -> Timing:
-    job, run, loader = _job_parts(cfg, row_cfg, env, row_cfg.run.workers, cfg.batch_size, limited=True)
+def _actual_throughput(cfg: PipelineConfig, row_cfg: JobConfig, env: DistEnv) -> Timing:
+    job, run, loader = _job_parts(cfg, row_cfg, env, row_cfg.run.workers, cfg.clips_per_gpu, limited=True)
     training = None
     try:
         torch.manual_seed(cfg.seed)

@@ -303,7 +303,8 @@ CHUNK_SET_KEYS = tuple(f"inputs.encode.{key}" for key in ("chunk_len", "gop", "t
 def _tiny_end_to_end(batches: dict[tuple[str, ...], object]) -> dict[tuple[str, ...], object]:
     """What --tiny sets in the ladder and the pipeline (both start from the job's recipe)."""
     return {
-        ("inputs", "sample_preset"): "demo", ("inputs", "encode", "short_side"): 96, ("model", "name"): "tiny",
+        ("inputs", "sample_preset"): "demo", ("inputs", "encode", "short_side"): 96, ("inputs", "kinetics_clips"): 1,
+        ("model", "name"): "tiny",
         ("seconds",): 1.0, ("warmup_steps",): 3, ("min_steps",): 2, **batches,
     }  # fmt: skip
 
@@ -373,7 +374,7 @@ def _ladder(app: typer.Typer) -> None:
 
     tiny = _tiny_end_to_end({
         ("batch_sizes",): (4, 8), ("best_attn",): "sdpa", ("hybrid_nvdec_workers",): 1, ("workers",): 1,
-        ("workers_sweep",): (1, 2), ("kinetics_clips",): 1,
+        ("workers_sweep",): (1, 2),
     })  # fmt: skip
     config_command(
         app,
@@ -403,7 +404,8 @@ def _run_pipeline(cfg: PipelineConfig) -> None:
 
     output = Path(cfg.output_dir)
     console.print(
-        f"[bold]bench pipeline[/]: lavila, {cfg.model.name}, batch {cfg.batch_size}, {cfg.cores} cores shared by "
+        f"[bold]bench pipeline[/]: {cfg.job}, {cfg.model.name if cfg.job == 'lavila' else 'VideoMAE'}, batch "
+        f"{cfg.clips_per_gpu}, {cfg.cores} cores shared by "
         f"g = {', '.join(map(str, cfg.gpus))} GPUs; {cfg.seconds:g} s per measurement; "
         f"{_precision_on(cfg.precision, cfg.device)}",
         highlight=False,
