@@ -4,8 +4,10 @@ pretraining lists ``path 0 -1``: the frame count unknown, no label) or ``path la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +15,7 @@ import torch
 from avtool.data.base import ClipConfig, ClipDataset, split_key
 from avtool.data.problems import Problems
 from avtool.errors import AvtoolError
+from avtool.options import option
 from avtool.video.clips import (
     jittered_stride_frame_ids,
     key_problem,
@@ -21,6 +24,22 @@ from avtool.video.clips import (
     test_clip_frame_ids,
 )
 from avtool.video.crops import spatial_crops
+
+
+def kinetics_root_option() -> Any:
+    return option(
+        flags="--root", positional=True, panel="Data", metavar="DIR",
+        help="Kinetics videos: chunk folders made by avtool chunk (a chunk length above the clip length re-encodes "
+        "each clip whole) or plain video files, the list's paths relative to it.",
+    )  # fmt: skip
+
+
+def kinetics_list_option(split: str, flags: tuple[str, ...], positional: bool = True) -> Any:
+    return option(
+        MISSING if positional else None, flags=flags, positional=positional, panel="Data", metavar="FILE",
+        help=f"{split} list, one 'path num_frames label' line per video (AVION's format; VideoMAE's 'path label' "
+        "also reads)" + ("" if positional else "; none: no validation during training") + ".",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,8 @@ class KineticsConfig:
     spatial_crops: int = 1
     """Evaluation: short-side squares spread along the long side (1: the centre; 3: left, centre, right);
     with ``temporal_clips``, item["video"] is (temporal_clips · spatial_crops, T, S, S, 3), clip-major."""
+    clip_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+    """Training: applied to each decoded view with the sample's generator (``ClipRandAugment``)."""
 
     @property
     def multi_view(self) -> bool:
@@ -96,6 +117,11 @@ class KineticsList(ClipDataset):
     def __len__(self) -> int:
         return len(self._keys)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """(videos,) int64: each line's label (-1: unlabelled)."""
+        return self._labels
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = split_key(key)
         rng = self.rng(epoch, index)
@@ -108,6 +134,10 @@ class KineticsList(ClipDataset):
                 clip = self.load_frame_views(video, ids, self.config.views, rng)
             else:
                 clip = self.load_frames(video, ids, rng)
+            if (augment := self.config.clip_augment) is not None:
+                views = clip if self.config.views > 1 else clip[None]
+                views = torch.from_numpy(np.stack([augment(view.numpy(), rng) for view in views]))
+                clip = views if self.config.views > 1 else views[0]
         elif self.config.temporal_clips > 1 or self.config.spatial_crops > 1:
             crops = spatial_crops(video.width, video.height, self.config.spatial_crops)
             clip = torch.cat([

@@ -148,6 +148,14 @@ class Reconstruction:
     """(B, N) bool: the positions the loss counts (hidden from the encoder and decoded)."""
 
 
+def encoder_blocks(c: VideoMAEConfig) -> Transformer:
+    """The encoder's blocks, with stochastic depth rising linearly to ``c.drop_path`` in the last."""
+    rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]
+    return Transformer([
+        Block(c.width, c.heads, c.mlp_ratio, attn_impl=c.attn, drop_path=rate, norm_eps=NORM_EPS) for rate in rates
+    ])  # fmt: skip
+
+
 class VideoMAE(nn.Module):
     """Encoder and decoder of VideoMAE; ``forward(video, mask, decode_mask)`` returns a ``Reconstruction``."""
 
@@ -157,10 +165,7 @@ class VideoMAE(nn.Module):
         c = config
         self.patch_embed = PatchEmbed(c.width, c.patch_size, c.tubelet_size, fast=c.fast_patch_embed, bias=True)
         self.register_buffer("pos_embed", sincos_table(c.num_tokens, c.width), persistent=False)
-        rates = [c.drop_path * i / max(c.depth - 1, 1) for i in range(c.depth)]  # stochastic depth, rising
-        self.encoder = Transformer([
-            Block(c.width, c.heads, c.mlp_ratio, attn_impl=c.attn, drop_path=rate, norm_eps=NORM_EPS) for rate in rates
-        ])  # fmt: skip
+        self.encoder = encoder_blocks(c)
         self.encoder_norm = nn.LayerNorm(c.width, eps=NORM_EPS)
         self.encoder_to_decoder = nn.Linear(c.width, c.decoder_width, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_width))
@@ -230,3 +235,65 @@ def reconstruction_loss(reconstruction: Reconstruction, targets: torch.Tensor) -
     error = (r.pred.float() - targets.gather(1, index)).pow(2).mean(dim=-1)
     counted = r.counts.float()
     return (error * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+ENCODER_PREFIXES = ("patch_embed.", "encoder.")
+"""What fine-tuning takes from a pretraining checkpoint: the cube embedding and the encoder's blocks."""
+
+
+class VideoMAEClassifier(nn.Module):
+    """VideoMAE's fine-tuning model: the encoder over every cube, mean-pooled, a final LayerNorm and a linear
+    head (initialised small, ×``head_init_scale``); ``forward(video)`` gives (B, num_classes) logits."""
+
+    def __init__(self, config: VideoMAEConfig, num_classes: int, head_init_scale: float = 1e-3) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = PatchEmbed(c.width, c.patch_size, c.tubelet_size, fast=c.fast_patch_embed, bias=True)
+        self.register_buffer("pos_embed", sincos_table(c.num_tokens, c.width), persistent=False)
+        self.encoder = encoder_blocks(c)
+        self.fc_norm = nn.LayerNorm(c.width, eps=NORM_EPS)
+        self.head = nn.Linear(c.width, num_classes)
+        # As VideoMAE's fine-tuning model: truncated-normal linear layers, then the head scaled down so that the
+        # first logits are near zero and the pretrained features are not disturbed by large early gradients.
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.head.weight.mul_(head_init_scale)
+            self.head.bias.mul_(head_init_scale)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, width): the normed mean of the encoder's tokens for a normalised (B, 3, T, H, W) clip."""
+        x = self.patch_embed(video) + self.pos_embed.to(video.dtype)
+        return self.fc_norm(self.encoder(x).mean(dim=1))
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(video))
+
+    def load_encoder(self, pretrained: dict[str, torch.Tensor]) -> int:
+        """Copy the cube embedding and encoder of a VideoMAE pretraining state dict; returns the tensors copied.
+        Raises ValueError naming what is missing or shaped differently (another model size or clip shape)."""
+        own = self.state_dict()
+        wanted = [name for name in own if name.startswith(ENCODER_PREFIXES)]
+        missing = [name for name in wanted if name not in pretrained]
+        mismatched = [n for n in wanted if n in pretrained and tuple(pretrained[n].shape) != tuple(own[n].shape)]
+        if missing or mismatched:
+            detail = (f"missing {', '.join(missing[:3])}" if missing else "") + (
+                f"{'; ' if missing else ''}shaped differently: {', '.join(mismatched[:3])}" if mismatched else ""
+            )
+            raise ValueError(f"not this model's encoder ({detail})")
+        self.load_state_dict({name: pretrained[name] for name in wanted}, strict=False)
+        return len(wanted)

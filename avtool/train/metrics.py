@@ -141,3 +141,12 @@ def classification_metrics(
         action_top1=float((action_probs.argmax(1) == action_labels).mean() * 100),
         clips=len(action_labels),
     )
+
+
+def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """``top{k}`` (percent) for each k: the share of rows whose label is among their k highest scores (k capped
+    at the number of classes)."""
+    if len(labels) == 0:
+        return {f"top{k}": 0.0 for k in ks}
+    order = np.argsort(-probs, axis=1, kind="stable")
+    return {f"top{k}": float((order[:, :k] == labels[:, None]).any(axis=1).mean() * 100) for k in ks}

@@ -21,13 +21,14 @@ from avtool.options import option
 __all__ = ["ModelConfig", "attn_option", "pretrained_checkpoint_option"]
 
 
-def pretrained_checkpoint_option() -> Any:
+def pretrained_checkpoint_option(help: str | None = None) -> Any:
     return option(
         None,
         flags=("--pretrained-checkpoint", "--pretrain-model"),
         panel="Model",
         metavar="FILE",
-        help="An `avtool train lavila` checkpoint whose video tower (and text tower, for MIR) to start "
+        help=help
+        or "An `avtool train lavila` checkpoint whose video tower (and text tower, for MIR) to start "
         "from; its temporal embedding is interpolated to --frames (AVION's --pretrain-model).",
     )
 

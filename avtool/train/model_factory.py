@@ -22,7 +22,7 @@ from avtool.models import (
     VideoTowerConfig,
     load_state_dict_resized,
 )
-from avtool.models.videomae import VideoMAE, VideoMAEConfig
+from avtool.models.videomae import VideoMAE, VideoMAEClassifier, VideoMAEConfig
 from avtool.train.model_config import ModelConfig
 
 __all__ = ["ModelConfig", "build_classifier", "build_dual_encoder", "dual_encoder_config"]
@@ -101,21 +101,26 @@ def build_classifier(cfg: ModelConfig, num_classes: int, dropout: float) -> Vide
     return model
 
 
-def model_config_dict(model: DualEncoder | VideoClassifier | VideoMAE) -> dict[str, Any]:
+def model_config_dict(model: DualEncoder | VideoClassifier | VideoMAE | VideoMAEClassifier) -> dict[str, Any]:
     """What a checkpoint stores to rebuild ``model`` without the job's config."""
     if isinstance(model, DualEncoder):
         return {"kind": "dual_encoder", "config": dataclasses.asdict(model.cfg)}
     if isinstance(model, VideoMAE):
         return {"kind": "videomae", "config": dataclasses.asdict(model.config)}
+    if isinstance(model, VideoMAEClassifier):
+        return {"kind": "videomae_classifier", "config": dataclasses.asdict(model.config),
+                "num_classes": model.num_classes}  # fmt: skip
     return {
         "kind": "classifier", "video": dataclasses.asdict(model.cfg), "num_classes": model.head.out_features,
         "dropout": model.dropout.p,
     }  # fmt: skip
 
 
-def model_from_config_dict(record: dict[str, Any]) -> DualEncoder | VideoClassifier | VideoMAE:
+def model_from_config_dict(record: dict[str, Any]) -> DualEncoder | VideoClassifier | VideoMAE | VideoMAEClassifier:
     if record["kind"] == "videomae":
         return VideoMAE(VideoMAEConfig(**record["config"]))
+    if record["kind"] == "videomae_classifier":
+        return VideoMAEClassifier(VideoMAEConfig(**record["config"]), record["num_classes"])
     if record["kind"] == "dual_encoder":
         c = dict(record["config"])
         video, text = VideoTowerConfig(**c.pop("video")), TextTowerConfig(**c.pop("text"))

@@ -14,6 +14,7 @@ from rich.console import Console
 from torch import nn
 
 from avtool.data import ClipConfig, KineticsConfig, KineticsList
+from avtool.data.kinetics import kinetics_list_option, kinetics_root_option
 from avtool.model_options import AttnImpl, attn_option, grad_checkpointing_option
 from avtool.models.attention import check_attn_impl
 from avtool.models.videomae import (
@@ -29,16 +30,32 @@ from avtool.options import option
 from avtool.train.config import OptimConfig, RunConfig, raise_problems
 from avtool.train.distributed import DistEnv
 from avtool.train.engine import FitResult, fit
-from avtool.video.augment import AugmentConfig, augment_batch
+from avtool.video.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment_batch
 from avtool.video.crops import CropPolicy
 from avtool.video.decode import DecoderConfig
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-"""VideoMAE normalises its input with ImageNet's statistics (on 0-255 values here)."""
-
 VideoMAESize = Literal["small", "base", "large", "tiny"]
 DecoderMask = Literal["none", "running-cell"]
+
+
+# Options that pretraining and fine-tuning share.
+def videomae_size_option(what: str) -> Any:
+    return option(
+        "base", flags="--model", panel="Model", metavar="small|base|large|tiny",
+        help=f"VideoMAE ViT-S/B/L {what}; tiny: seconds on a CPU.",
+    )  # fmt: skip
+
+
+def stride_option() -> Any:
+    return option(
+        4, flags=("--stride", "--sampling-rate"), panel="Data", unit="frames",
+        help="Frames between sampled frames (VideoMAE's 16 x 4; in pretraining each jittered within its stride, "
+        "as AVION).",
+    )  # fmt: skip
+
+
+def flip_option() -> Any:
+    return option(0.5, panel="Data", help="Horizontal flip probability (fused into decoding; AVION).")
 
 
 @dataclass(frozen=True)
@@ -47,19 +64,9 @@ class VideoMAETrainConfig:
     AdamW at 1.5e-4 per 256 clips with betas (0.9, 0.95) and weight decay 0.05, 800 epochs with 40 of warm-up,
     then cosine."""
 
-    root: Path = option(
-        flags="--root", positional=True, panel="Data", metavar="DIR",
-        help="Kinetics videos: chunk folders made by avtool chunk (a chunk length above the clip length re-encodes "
-        "each clip whole) or plain video files, the list's paths relative to it.",
-    )  # fmt: skip
-    train_list: Path = option(
-        flags=("--train-list", "--data-path"), positional=True, panel="Data", metavar="FILE",
-        help="Training list, one 'path num_frames label' line per video (AVION's format).",
-    )  # fmt: skip
-    size: VideoMAESize = option(
-        "base", flags="--model", panel="Model", metavar="small|base|large|tiny",
-        help="VideoMAE ViT-S/B/L with its 4-block decoder; tiny: seconds on a CPU.",
-    )  # fmt: skip
+    root: Path = kinetics_root_option()
+    train_list: Path = kinetics_list_option("Training", ("--train-list", "--data-path"))
+    size: VideoMAESize = videomae_size_option("with its 4-block decoder")
     attn: AttnImpl = attn_option()
     grad_checkpointing: bool = grad_checkpointing_option()
     mask_ratio: float = option(0.9, panel="Masking", help="Fraction of the cube tubes hidden from the encoder.")
@@ -71,11 +78,8 @@ class VideoMAETrainConfig:
     decoder_mask_ratio: float = option(
         0.5, panel="Masking", help="Fraction of positions the decoder skips (the running cell is defined for 0.5)."
     )
-    stride: int = option(
-        4, flags=("--stride", "--sampling-rate"), panel="Data", unit="frames",
-        help="Frames between sampled frames (AVION's jitter within each stride in training).",
-    )  # fmt: skip
-    flip: float = option(0.5, panel="Data", help="Horizontal flip probability (fused into decoding; AVION).")
+    stride: int = stride_option()
+    flip: float = flip_option()
     repeated_sampling: int = option(
         1, flags=("--repeated-sampling", "--num-sample"), panel="Data", unit="views", metavar="N",
         help="VideoMAE V2's repeated sampling: each decoded clip gives N views, cropped and masked independently, "

@@ -9,6 +9,7 @@ mean and std on 0-255 values.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,9 @@ from avtool.errors import AvtoolError
 
 CLIP_MEAN = (108.327, 116.746, 104.094)
 CLIP_STD = (68.501, 66.632, 70.323)
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+"""VideoMAE normalises its input with ImageNet's statistics (on 0-255 values here)."""
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -91,3 +95,35 @@ def _colour_jitter(x: torch.Tensor, config: AugmentConfig, generator: torch.Gene
         gray = (x * gray_weights).sum(1, keepdim=True)
         x = (x - gray) * _factor(batch, config.saturation, device, generator) + gray
     return x.clamp(0, 255)
+
+
+def random_erase(
+    video: torch.Tensor, prob: float, area: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 1 / 0.3), tries: int = 10,
+) -> torch.Tensor:  # fmt: skip
+    """timm's RandomErasing in pixel mode (VideoMAE's fine-tuning, probability 0.25) on a normalised (B, 3, T, H, W)
+    batch, with one box per clip shared by all its frames: with probability ``prob`` a box of area fraction
+    U(``area``) and aspect exp(U(log ``ratio``)) (the first of ``tries`` draws that fits; none: the clip is left
+    alone) is filled with standard-normal noise. Draws from torch's global generator (seeded every step)."""
+    B, _, _, H, W = video.shape
+    erase = torch.rand(B) < prob
+    boxes = torch.zeros(B, 4, dtype=torch.long)  # top, left, height, width (0: no box)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for b in torch.nonzero(erase).flatten().tolist():
+        for _ in range(tries):
+            target = H * W * float(torch.empty(()).uniform_(*area))
+            aspect = math.exp(float(torch.empty(()).uniform_(log_lo, log_hi)))
+            h, w = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < h < H and 0 < w < W:
+                top, left = int(torch.randint(0, H - h + 1, ())), int(torch.randint(0, W - w + 1, ()))
+                boxes[b] = torch.tensor([top, left, h, w])
+                break
+    if not boxes[:, 2].any():
+        return video
+    boxes = boxes.to(video.device)
+    rows = torch.arange(H, device=video.device).view(1, H, 1)
+    cols = torch.arange(W, device=video.device).view(1, 1, W)
+    top, left, h, w = (boxes[:, i].view(B, 1, 1) for i in range(4))
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)  # (B, H, W)
+    noise = torch.randn(video.shape, device=video.device, dtype=video.dtype)
+    return torch.where(inside[:, None, None], noise, video)
