@@ -53,6 +53,13 @@ def bench_inputs(small_sample, tmp_path_factory) -> BenchInputs:
                        encode=EncodeSettings(short_side=96, preset="veryfast"))  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def kinetics_data_dir(tmp_path_factory) -> Path:
+    """A data folder the VideoMAE benches share: the sample's Kinetics layout (1 clip per class) and its chunks,
+    made by the first of them."""
+    return tmp_path_factory.mktemp("kinetics_bench_data")
+
+
 def _tiny_model(**changes) -> ModelConfig:
     return ModelConfig(name="tiny", freeze_temperature=True, **changes)
 
@@ -196,12 +203,12 @@ def test_verdict_names_the_bound_and_ranks_the_remedies():
     assert bound_of({"GPU": 5.0, "CPU": 7.0, "IO": None}) == "GPU"
 
 
-def test_ladder_of_videomae_times_both_decoding_modes_per_worker_count_and_plots_fig7(tmp_path):
+def test_ladder_of_videomae_times_both_decoding_modes_per_worker_count_and_plots_fig7(kinetics_data_dir, tmp_path):
     import pandas as pd
 
     result = subprocess.run([
         AVTOOL, "bench", "ladder", "--tiny", "--device", "cpu", "--job", "videomae", "--batch-size", "4",
-        "--workers-sweep", "1,2", "--repeated-sampling", "2", "--data-dir", str(tmp_path / "data"),
+        "--workers-sweep", "1,2", "--repeated-sampling", "2", "--data-dir", str(kinetics_data_dir),
         "--output", str(tmp_path / "res"),
     ], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -214,7 +221,7 @@ def test_ladder_of_videomae_times_both_decoding_modes_per_worker_count_and_plots
     assert [c["repeated_sampling"] for c in configs] == [1, 1, 2] * 2
     assert [c["run"]["workers"] for c in configs] == [1, 1, 1, 2, 2, 2] and configs[0]["mask_ratio"] == 0.9
     # The clips were chunked whole at short side 320 from the sample's Kinetics layout.
-    chunks = pd.read_csv(tmp_path / "data/chunks/kinetics-320p/manifest.csv")
+    chunks = pd.read_csv(kinetics_data_dir / "chunks/kinetics-320p/manifest.csv")
     assert (chunks.height == 320).all() and (chunks.start == 0).all()
     assert "Fig. 7 on this machine" in result.stdout and "avtool plot fig7" in result.stdout
     assert "Table 5 projection: fused:" in result.stdout and "VideoMAE 995, AVION 583" in result.stdout
@@ -232,13 +239,13 @@ def test_table5_projection_counts_gpu_hours_of_800_kinetics_epochs():
     assert round(projected_gpu_hours(1.55, 64)) == 1298
 
 
-def test_pipeline_of_videomae_is_cpu_bound_with_one_worker_and_measures_repeated_sampling(tmp_path):
+def test_pipeline_of_videomae_is_cpu_bound_with_one_worker_and_measures_repeated_sampling(kinetics_data_dir, tmp_path):
     # VideoMAE's tiny step on 32² clips against one worker decoding 320p Kinetics clips the reference way
     # (whole frames, then a crop): loading is the bound, as Fig. 7 says of MAE pretraining.
     from avtool.bench.pipeline import REMEDY_VIEWS
     from avtool.video.decode import DecoderConfig
 
-    inputs = BenchInputs(data_dir=tmp_path / "data", kinetics_clips=1)
+    inputs = BenchInputs(data_dir=kinetics_data_dir, kinetics_clips=1)
     cfg = _pipeline(inputs, tmp_path, job="videomae", cores=1, gpus=(1,), remedies=True, batch_size=4,
                     decoder=DecoderConfig(mode="decode-then-crop"))  # fmt: skip
     result = run_pipeline(cfg)
