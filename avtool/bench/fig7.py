@@ -23,12 +23,16 @@ from avtool.video.decode import MODES, DecoderConfig
 
 KINETICS_CHUNKS = "kinetics"
 """The chunk set of the Kinetics clips (``avtool.bench.inputs.CHUNK_SETS``)."""
+FAST_KINETICS_CHUNKS = "kinetics-fastdecode-b8"
+"""The same clips encoded for the decoder (``--tune fastdecode --bframes 8``)."""
 
 
-def prepare_kinetics(inputs: BenchInputs, report: Callable[[str], None]) -> tuple[Path, Path]:
+def prepare_kinetics(
+    inputs: BenchInputs, report: Callable[[str], None], chunk_set: str = KINETICS_CHUNKS
+) -> tuple[Path, Path]:
     """(chunked Kinetics root, its training list): the given clips and list, else the sample's Kinetics layout
     (``inputs.kinetics_clips`` per class, generated once, without long Ego4D videos), chunked into the
-    ``kinetics`` set."""
+    ``chunk_set``."""
     clips_per_class = inputs.kinetics_clips
     if inputs.videos is not None and inputs.metadata is not None:
         videos, train_list = Path(inputs.videos), Path(inputs.metadata)
@@ -40,7 +44,7 @@ def prepare_kinetics(inputs: BenchInputs, report: Callable[[str], None]) -> tupl
         make_sample(SampleConfig(dest=dest, ego4d_durations=(4.0,), ek100_videos=(("P01_01", 30, 3.0),),
                                  kinetics_clips=clips_per_class))  # fmt: skip
         videos, train_list = dest / "kinetics", dest / "kinetics" / "train.csv"
-    return prepare_chunks(inputs, videos, KINETICS_CHUNKS, report), train_list
+    return prepare_chunks(inputs, videos, chunk_set, report), train_list
 
 
 def fig7_rows(

@@ -5,7 +5,8 @@ Chunk sets (``CHUNK_SETS``) are the ones the paper's ladder compares: LaViLa's 5
 15-s chunks, both with libx264's own keyframe placement as the reference recipes use, then avtool's 15-s
 chunks with a keyframe every second (which seeking needs), the same re-encoded for fast decoding, and that with
 eight non-reference B-frames between reference frames (a seeking decoder skips them). ``kinetics`` re-encodes
-short clips whole (a chunk length above theirs) at short side 320, as Kinetics users prepare Kinetics.
+short clips whole (a chunk length above theirs) at short side 320, as Kinetics users prepare Kinetics;
+``kinetics-fastdecode-b8`` encodes them for the decoder as the fastest 15-s set is.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CHUNK_SETS: dict[str, dict[str, Any]] = {
     "15s-1s-keys-fastdecode": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode"},
     "15s-1s-keys-fastdecode-b8": {"chunk_len": 15, "gop": 1.0, "tune": "fastdecode", "bframes": 8},
     "kinetics": {"chunk_len": 15, "gop": 1.0, "short_side": 320},
+    "kinetics-fastdecode-b8": {"chunk_len": 15, "gop": 1.0, "short_side": 320, "tune": "fastdecode", "bframes": 8},
 }
 """Name → the encode settings that differ from the bench's (``--crf``, ``--preset``, ``--short-side``)."""
 

@@ -118,6 +118,12 @@ class LadderConfig:
 
     inputs: BenchInputs = field(default_factory=BenchInputs)
     job: JobName = job_option()
+    kinetics_chunks: Literal["kinetics", "kinetics-fastdecode-b8"] = option(
+        "kinetics", panel="Data", metavar="SET",
+        help="--job videomae: the Kinetics clips' chunk set: kinetics (whole clips at short side 320, 1-s "
+        "keyframes, as Kinetics users re-encode them) or kinetics-fastdecode-b8 (the same with --tune fastdecode "
+        "--bframes 8).",
+    )  # fmt: skip
     workers_sweep: tuple[int, ...] = option(
         (4, 8, 12, 16), panel="Run", metavar="N,...",
         help="--job videomae: the loader workers per GPU of each pair of rows (Fig. 7: 4-16).",
@@ -179,6 +185,8 @@ class LadderConfig:
             out.append(f"job={self.job!r} is not lavila or videomae")
         if self.repeated_sampling < 1:
             out.append(f"--repeated-sampling {self.repeated_sampling} must be at least 1")
+        if self.kinetics_chunks not in ("kinetics", "kinetics-fastdecode-b8"):
+            out.append(f"--kinetics-chunks {self.kinetics_chunks!r} is not kinetics or kinetics-fastdecode-b8")
         if not self.workers_sweep or min(self.workers_sweep) < 0:
             out.append("--workers-sweep needs worker counts of 0 or more")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
@@ -314,17 +322,17 @@ def _time_rows(cfg: LadderConfig, timed: list[tuple], report: Callable[[str], No
 def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable[[LadderRow], None] | None
               ) -> LadderResult:  # fmt: skip
     """The VideoMAE rows (``avtool.bench.fig7``): every worker count in both decoding modes."""
-    from avtool.bench.fig7 import KINETICS_CHUNKS, fig7_rows, prepare_kinetics
+    from avtool.bench.fig7 import fig7_rows, prepare_kinetics
     from avtool.train.videomae import VideoMAEJob
 
-    root, train_list = prepare_kinetics(cfg.inputs, report)
+    root, train_list = prepare_kinetics(cfg.inputs, report, cfg.kinetics_chunks)
     size = "tiny" if cfg.model.name == "tiny" else "base"  # Fig. 7 is ViT-B; --tiny for seconds on a CPU
     plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size,
                       cfg.repeated_sampling)  # fmt: skip
     for *_, row_cfg in plans:
         row_cfg.check()
     VideoMAEJob(plans[0][-1]).train_dataset()  # the rows share the clips and list: a bad list fails here, once
-    timed = [(b, name, change, KINETICS_CHUNKS, VideoMAEJob(c), c.run, c.optim) for b, name, change, c in plans]
+    timed = [(b, name, change, cfg.kinetics_chunks, VideoMAEJob(c), c.run, c.optim) for b, name, change, c in plans]
     return LadderResult(_time_rows(cfg, timed, report, on_row), [to_jsonable(c) for *_, c in plans])
 
 

@@ -64,7 +64,7 @@ from avtool.video.decode import DecoderConfig
 
 Bound = Literal["GPU", "CPU", "IO"]
 FAST_CHUNKS = "15s-1s-keys-fastdecode-b8"
-"""The chunk set of the CPU remedy the verdict measures (--job lavila)."""
+"""The chunk set of the CPU remedy the verdict measures (--job lavila; videomae: its Kinetics counterpart)."""
 REMEDY_VIEWS = 2
 """--job videomae: views per decoded clip in the repeated-sampling remedy (VideoMAE V2's)."""
 JobConfig = LavilaConfig | VideoMAETrainConfig
@@ -341,9 +341,12 @@ def _videomae_configs(cfg: PipelineConfig, run: RunConfig, report: Callable[[str
                       ) -> tuple[dict[str, JobConfig], dict[str, Path], Path]:  # fmt: skip
     """As ``_lavila_configs`` for VideoMAE on the Kinetics set: avtool's decoder, and Fig. 7's reference
     (decode-then-crop)."""
-    from avtool.bench.fig7 import KINETICS_CHUNKS, prepare_kinetics
+    from avtool.bench.fig7 import FAST_KINETICS_CHUNKS, KINETICS_CHUNKS, prepare_kinetics
 
     root, train_list = prepare_kinetics(cfg.inputs, report)
+    roots = {KINETICS_CHUNKS: root}
+    if cfg.remedies:
+        roots[FAST_CHUNKS] = prepare_kinetics(cfg.inputs, report, FAST_KINETICS_CHUNKS)[0]
     size = "tiny" if cfg.model.name == "tiny" else "base"  # as Fig. 7: ViT-B; --tiny for seconds on a CPU
 
     def config(decoder: DecoderConfig) -> VideoMAETrainConfig:
@@ -352,7 +355,7 @@ def _videomae_configs(cfg: PipelineConfig, run: RunConfig, report: Callable[[str
     configs: dict[str, JobConfig] = {"avtool": config(cfg.decoder)}
     if cfg.reference:
         configs["reference"] = config(DecoderConfig(mode="decode-then-crop"))
-    return configs, {KINETICS_CHUNKS: root}, root
+    return configs, roots, root
 
 
 def _measure_remedies(cfg: PipelineConfig, row_cfg: JobConfig, fast_root: Path | None, env: DistEnv, workers: int,
@@ -365,7 +368,7 @@ def _measure_remedies(cfg: PipelineConfig, row_cfg: JobConfig, fast_root: Path |
         views = _loader_throughput(cfg, repeated, env, workers).clips_per_s * REMEDY_VIEWS
         out.append(Remedy(f"repeated sampling (--repeated-sampling {REMEDY_VIEWS}; views/s, each decoded clip "
                           f"trains {REMEDY_VIEWS} views)", views))  # fmt: skip
-    elif fast_root is not None:
+    if fast_root is not None:
         report(f"remedy: fast-decode chunks, loader alone, {workers} worker(s)")
         fast = dataclasses.replace(row_cfg, root=fast_root)
         out.append(Remedy("fast-decode chunks (avtool chunk --tune fastdecode --bframes 8)",
