@@ -325,10 +325,14 @@ def _run_ladder(cfg: LadderConfig) -> None:
     from avtool.results import write_results
 
     output = Path(cfg.output_dir)
+    if cfg.job == "videomae":  # the rows set their own workers, the model is VideoMAE's recipe
+        what = (f"VideoMAE {'tiny' if cfg.model.name == 'tiny' else 'ViT-B'}, {cfg.kinetics_chunks} chunks, "
+                f"workers {', '.join(map(str, cfg.workers_sweep))}")  # fmt: skip
+    else:
+        what = f"{cfg.model.name}, {cfg.model.num_frames} frames, {cfg.workers} workers"
     console.print(
-        f"[bold]bench ladder[/]: {cfg.job}, {cfg.model.name}, {cfg.model.num_frames} frames, batches "
-        f"{', '.join(map(str, cfg.batch_sizes))}; {cfg.workers} workers; {cfg.seconds:g} s per row after "
-        f"{cfg.warmup_steps} warm-up steps; {_precision_on(cfg.precision, cfg.device)}",
+        f"[bold]bench ladder[/]: {cfg.job}, {what}, batches {', '.join(map(str, cfg.batch_sizes))}; "
+        f"{cfg.seconds:g} s per row after {cfg.warmup_steps} warm-up steps; {_precision_on(cfg.precision, cfg.device)}",
         highlight=False,
     )
     columns = ("B", "row", "data s/it", "s/it", "vid/s", "wait", "mem GB", "loader clips/s", "CPU", "MB/s", "status")
