@@ -175,6 +175,7 @@ class _OneBatchJob:
 
     name = "bench-step"
     best_metric = None
+    views_per_video = 1
 
     def __init__(self, model: torch.nn.Module, video: torch.Tensor, text: torch.Tensor) -> None:
         self.model, self.video, self.text = model, video, text

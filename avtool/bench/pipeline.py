@@ -289,17 +289,20 @@ def run_pipeline(cfg: PipelineConfig, report: Callable[[str], None] = lambda lin
     for name, row_cfg in configs.items():
         report(f"{name}: GPU step on resident batches")
         gpu = _gpu_throughput(cfg, row_cfg, env)
+        report(f"  {rate(gpu.clips_per_s)} clips/s")  # as each part ends: a run stopped later keeps its numbers
         cpu, per_clip = {}, None
         for workers in worker_counts:
             report(f"{name}: loader alone, {workers} worker(s)")
             timing = _loader_throughput(cfg, row_cfg, env, workers)
             cpu[workers] = timing.clips_per_s
+            report(f"  {rate(timing.clips_per_s)} clips/s")
             per_clip = per_clip or timing.bytes_per_clip
         io = read / per_clip if per_clip else None
         actual = None
         if name == "avtool":
             report(f"{name}: end to end, {row_cfg.run.workers} worker(s)")
             actual = _actual_throughput(cfg, row_cfg, env).clips_per_s
+            report(f"  {rate(actual)} clips/s")
         measurements[name] = {"gpu_clips_per_s": gpu.clips_per_s, "gpu_peak_memory_gb": gpu.peak_memory_gb,
                               "loader_clips_per_s_by_workers": cpu, "bytes_per_clip": per_clip,
                               "actual_clips_per_s": actual}  # fmt: skip
@@ -368,17 +371,20 @@ def _measure_remedies(cfg: PipelineConfig, row_cfg: JobConfig, fast_root: Path |
         views = _loader_throughput(cfg, repeated, env, workers).clips_per_s * REMEDY_VIEWS
         out.append(Remedy(f"repeated sampling (--repeated-sampling {REMEDY_VIEWS}; views/s, each decoded clip "
                           f"trains {REMEDY_VIEWS} views)", views))  # fmt: skip
+        report(f"  {rate(views)} views/s")
     if fast_root is not None:
         report(f"remedy: fast-decode chunks, loader alone, {workers} worker(s)")
         fast = dataclasses.replace(row_cfg, root=fast_root)
         out.append(Remedy("fast-decode chunks (avtool chunk --tune fastdecode --bframes 8)",
                           _loader_throughput(cfg, fast, env, workers).clips_per_s))  # fmt: skip
+        report(f"  {rate(out[-1].cpu_clips_per_s)} clips/s")
     if env.device.type == "cuda" and row_cfg.decoder.backend == "pyav":
         k = max(1, workers // 4)
         report(f"remedy: hybrid decoding, {k} of {workers} worker(s) on NVDEC, loader alone")
         hybrid = dataclasses.replace(row_cfg, decoder=dataclasses.replace(row_cfg.decoder, nvdec_workers=k))
         hybrid_rate = _loader_throughput(cfg, hybrid, env, workers).clips_per_s
         out.append(Remedy(f"hybrid decoding (--nvdec-workers {k})", hybrid_rate))
+        report(f"  {rate(hybrid_rate)} clips/s")
     return out
 
 
