@@ -64,10 +64,6 @@ class KineticsConfig:
     clip_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
     """Training: applied to each decoded view with the sample's generator (``ClipRandAugment``)."""
 
-    @property
-    def multi_view(self) -> bool:
-        return max(self.views, self.temporal_clips, self.spatial_crops) > 1
-
 
 class KineticsList(ClipDataset):
     """Item: ``{"video": uint8 (T, S, S, 3), "label": int, "index": int}``."""
