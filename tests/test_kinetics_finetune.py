@@ -192,3 +192,20 @@ def test_train_kinetics_from_a_videomae_checkpoint_resumes_and_eval_tests_15_vie
                           "--device", "cpu"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "needs an `avtool train kinetics` checkpoint" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_checkpoint_model_record_avtool_did_not_write_is_one_error():
+    from avtool.errors import AvtoolError
+    from avtool.train.model_factory import model_config_dict, model_from_config_dict
+
+    record = model_config_dict(VideoMAEClassifier(TINY, num_classes=3))
+    assert isinstance(model_from_config_dict(record), VideoMAEClassifier)
+    broken = [
+        {**record, "kind": "gpt"},
+        {**record, "config": {**record["config"], "evil": 1}},
+        {k: v for k, v in record.items() if k != "num_classes"},
+        {**record, "config": {**record["config"], "num_frames": 3}},  # not a whole number of tubelets
+    ]
+    for bad in broken:
+        with pytest.raises(AvtoolError, match="model record .* is not one avtool writes"):
+            model_from_config_dict(bad)

@@ -117,15 +117,28 @@ def model_config_dict(model: DualEncoder | VideoClassifier | VideoMAE | VideoMAE
 
 
 def model_from_config_dict(record: dict[str, Any]) -> DualEncoder | VideoClassifier | VideoMAE | VideoMAEClassifier:
+    """The model a checkpoint's record describes. The record comes from a file, so a record of an unknown kind,
+    with missing or unknown fields or values the configs refuse, is one AvtoolError, not a traceback."""
+    try:
+        return _model_from_record(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        kind = record.get("kind") if isinstance(record, dict) else None
+        raise AvtoolError(f"the checkpoint's model record ({kind or 'no kind'}) is not one avtool writes: "
+                          f"{type(e).__name__}: {e}") from None  # fmt: skip
+
+
+def _model_from_record(record: dict[str, Any]) -> DualEncoder | VideoClassifier | VideoMAE | VideoMAEClassifier:
     if record["kind"] == "videomae":
         return VideoMAE(VideoMAEConfig(**record["config"]))
     if record["kind"] == "videomae_classifier":
-        return VideoMAEClassifier(VideoMAEConfig(**record["config"]), record["num_classes"])
+        return VideoMAEClassifier(VideoMAEConfig(**record["config"]), int(record["num_classes"]))
     if record["kind"] == "dual_encoder":
         c = dict(record["config"])
         video, text = VideoTowerConfig(**c.pop("video")), TextTowerConfig(**c.pop("text"))
         return DualEncoder(DualEncoderConfig(video=video, text=text, **c))
-    return VideoClassifier(VideoTowerConfig(**record["video"]), record["num_classes"], record["dropout"])
+    if record["kind"] == "classifier":
+        return VideoClassifier(VideoTowerConfig(**record["video"]), int(record["num_classes"]), record["dropout"])
+    raise KeyError(f"unknown model kind {record['kind']!r}")
 
 
 def with_tower_options(record: dict[str, Any], **video_overrides: Any) -> dict[str, Any]:
