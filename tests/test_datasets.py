@@ -315,3 +315,13 @@ def test_truncated_or_missing_chunks_are_listed_before_the_run(small_sample, chu
     chunk.unlink()
     with pytest.raises(AvtoolError, match=r"P01_01.MP4/5.MP4: chunk file missing \(listed in the manifest\)"):
         mir(small_sample, tmp_path)
+
+
+def test_list_labels_read_either_format_without_the_videos(tmp_path):
+    from avtool.data.kinetics import list_labels
+
+    (tmp_path / "a.csv").write_text("x/a clip.mp4 300 4\ny.mp4 2\n\n")
+    assert list_labels(tmp_path / "a.csv").tolist() == [4, 2]
+    (tmp_path / "b.csv").write_text("x.mp4 3\nno label here\n")
+    with pytest.raises(AvtoolError, match="line 2: expected"):
+        list_labels(tmp_path / "b.csv")

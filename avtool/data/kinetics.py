@@ -156,6 +156,19 @@ class KineticsList(ClipDataset):
         return test_clip_frame_ids(total, self.clips.num_frames, self.config.stride, clip, self.config.temporal_clips)
 
 
+def list_labels(path: Path) -> np.ndarray:
+    """(lines,) int64: the labels of a list file alone, its videos not looked for (a baseline over a training list
+    whose videos live elsewhere)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise AvtoolError(f"{path}: no such list file") from None
+    parsed = [(number, _fields(line)) for number, line in enumerate(lines, start=1) if line.strip()]
+    if bad := [number for number, fields in parsed if fields is None]:
+        raise AvtoolError(f"{path}: line {bad[0]}: expected 'path num_frames label' or 'path label'")
+    return np.array([fields[2] for _, fields in parsed if fields is not None], dtype=np.int64)
+
+
 def _fields(line: str) -> tuple[str, int, int] | None:
     """(path, num_frames, label) of a list line in either format (num_frames 0 for VideoMAE's); None when it is
     neither. Three fields whose last two are integers are AVION's; the path may hold spaces."""

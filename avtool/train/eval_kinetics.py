@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from avtool.data import ClipConfig, KineticsConfig, KineticsList
-from avtool.data.kinetics import kinetics_list_option, kinetics_root_option
+from avtool.data.kinetics import kinetics_list_option, kinetics_root_option, list_labels
 from avtool.errors import AvtoolError
 from avtool.models.attention import AttnImpl
 from avtool.models.videomae import VideoMAEClassifier
@@ -123,7 +123,7 @@ def evaluate_kinetics_checkpoint(cfg: KineticsEvalConfig) -> dict[str, Any]:
         if test.labels.size and (test.labels.min() < 0 or test.labels.max() >= model.num_classes):
             raise AvtoolError(f"{cfg.test_list}: labels must lie in 0..{model.num_classes - 1} (the checkpoint's "
                               "classes)")  # fmt: skip
-        train_labels = KineticsList(KineticsConfig(Path(train_list), ClipConfig(root=cfg.root), stride)).labels
+        train_labels = list_labels(Path(train_list))
         amp = autocast_dtype(cfg.precision, env.device.type)
         with torch.no_grad(), torch.autocast(env.device.type, dtype=amp, enabled=amp is not None):
             metrics = evaluate_kinetics(model, test, env, cfg.batch_size, cfg.workers, NORMALISE)
