@@ -1,5 +1,5 @@
-"""`avtool train lavila|mir|cls` and `avtool eval mir|cls`: commands built from the jobs' configs
-(``avtool.cli.commands``), which train in this process or in torchrun's workers (--nproc-per-node)."""
+"""`avtool train lavila|mir|cls|videomae|kinetics` and `avtool eval mir|cls|kinetics`: commands built from the
+jobs' configs (``avtool.cli.commands``), which train in this process or in torchrun's workers (--nproc-per-node)."""
 
 from __future__ import annotations
 
