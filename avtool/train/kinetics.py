@@ -22,7 +22,6 @@ from avtool.data import ClipConfig, KineticsConfig, KineticsList
 from avtool.data.kinetics import kinetics_list_option, kinetics_root_option
 from avtool.errors import AvtoolError
 from avtool.model_options import AttnImpl, attn_option, grad_checkpointing_option
-from avtool.models.attention import check_attn_impl
 from avtool.models.videomae import VIDEOMAE_SIZES, VideoMAEClassifier, VideoMAEConfig
 from avtool.options import option
 from avtool.train.checkpoint import load_checkpoint
@@ -32,7 +31,7 @@ from avtool.train.engine import FitResult, fit
 from avtool.train.evaluate import evaluate_kinetics
 from avtool.train.mixup import MixupConfig, mix_batch, soft_cross_entropy
 from avtool.train.model_config import pretrained_checkpoint_option
-from avtool.train.videomae import VideoMAESize, flip_option, stride_option, videomae_size_option
+from avtool.train.videomae import VideoMAESize, flip_option, model_problems, stride_option, videomae_size_option
 from avtool.video.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, augment_batch, random_erase
 from avtool.video.crops import CropPolicy
 from avtool.video.decode import DecoderConfig
@@ -95,10 +94,7 @@ class KineticsFinetuneConfig:
 
     def check(self) -> None:
         problems = self.run.problems() + self.optim.problems()
-        if self.size not in VIDEOMAE_SIZES:
-            problems.append(f"model={self.size!r} is not one of {', '.join(VIDEOMAE_SIZES)}")
-        if problem := check_attn_impl(self.attn, on_cuda=self.run.device != "cpu" and torch.cuda.is_available()):
-            problems.append(problem)
+        problems += model_problems(self.size, self.attn, self.run.device)
         if not 0 <= self.drop_path < 1 or not 0 <= self.random_erase <= 1 or not 0 <= self.flip <= 1:
             problems.append(f"drop_path={self.drop_path}, random_erase={self.random_erase} and flip={self.flip} "
                             "must lie in [0, 1)")  # fmt: skip

@@ -54,6 +54,16 @@ def stride_option() -> Any:
     )  # fmt: skip
 
 
+def model_problems(size: str, attn: AttnImpl, device: str) -> list[str]:
+    """What is wrong with a VideoMAE size and attention kernel on ``device`` (pretraining and fine-tuning)."""
+    problems = []
+    if size not in VIDEOMAE_SIZES:
+        problems.append(f"model={size!r} is not one of {', '.join(VIDEOMAE_SIZES)}")
+    if problem := check_attn_impl(attn, on_cuda=device != "cpu" and torch.cuda.is_available()):
+        problems.append(problem)
+    return problems
+
+
 def flip_option() -> Any:
     return option(0.5, panel="Data", help="Horizontal flip probability (fused into decoding; AVION).")
 
@@ -107,10 +117,7 @@ class VideoMAETrainConfig:
 
     def check(self) -> None:
         problems = self.run.problems() + self.optim.problems()
-        if self.size not in VIDEOMAE_SIZES:
-            problems.append(f"model={self.size!r} is not one of {', '.join(VIDEOMAE_SIZES)}")
-        if problem := check_attn_impl(self.attn, on_cuda=self.run.device != "cpu" and torch.cuda.is_available()):
-            problems.append(problem)
+        problems += model_problems(self.size, self.attn, self.run.device)
         if not 0 < self.mask_ratio < 1:
             problems.append(f"mask_ratio={self.mask_ratio} is outside (0, 1)")
         if self.decoder_mask == "running-cell" and self.decoder_mask_ratio != 0.5:
