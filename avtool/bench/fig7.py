@@ -18,6 +18,7 @@ from pathlib import Path
 
 from avtool.bench.inputs import BenchInputs, prepare_chunks
 from avtool.train.config import RunConfig
+from avtool.train.model_config import ModelConfig
 from avtool.train.videomae import VideoMAETrainConfig
 from avtool.video.decode import MODES, DecoderConfig
 
@@ -45,6 +46,11 @@ def prepare_kinetics(
                                  kinetics_clips=clips_per_class))  # fmt: skip
         videos, train_list = dest / "kinetics", dest / "kinetics" / "train.csv"
     return prepare_chunks(inputs, videos, chunk_set, report), train_list
+
+
+def fig7_size(model: ModelConfig) -> str:
+    """The VideoMAE size of the benches' --job videomae: ViT-B as Fig. 7, tiny with --tiny (seconds on a CPU)."""
+    return "tiny" if model.name == "tiny" else "base"
 
 
 def fig7_rows(

@@ -106,9 +106,10 @@ def rungs(best_attn: AttnImpl, nvdec_workers: int = 2) -> tuple[Rung, ...]:
 RUNG_NAMES: tuple[str, ...] = tuple(r.name for r in rungs("cudnn"))
 
 
-def recipe_default(name: str) -> Any:
-    """The recipe default of a LavilaConfig group (the ladder starts from the training recipe)."""
-    f = next(f for f in dataclasses.fields(LavilaConfig) if f.name == name)
+def recipe_default(name: str, config: type = LavilaConfig) -> Any:
+    """The recipe default of a group of a job's config (LavilaConfig by default: the ladder starts from the
+    training recipe)."""
+    f = next(f for f in dataclasses.fields(config) if f.name == name)
     return f.default_factory()  # type: ignore[misc]
 
 
@@ -322,11 +323,11 @@ def _time_rows(cfg: LadderConfig, timed: list[tuple], report: Callable[[str], No
 def _run_fig7(cfg: LadderConfig, report: Callable[[str], None], on_row: Callable[[LadderRow], None] | None
               ) -> LadderResult:  # fmt: skip
     """The VideoMAE rows (``avtool.bench.fig7``): every worker count in both decoding modes."""
-    from avtool.bench.fig7 import fig7_rows, prepare_kinetics
+    from avtool.bench.fig7 import fig7_rows, fig7_size, prepare_kinetics
     from avtool.train.videomae import VideoMAEJob
 
     root, train_list = prepare_kinetics(cfg.inputs, report, cfg.kinetics_chunks)
-    size = "tiny" if cfg.model.name == "tiny" else "base"  # Fig. 7 is ViT-B; --tiny for seconds on a CPU
+    size = fig7_size(cfg.model)
     plans = fig7_rows(root, train_list, cfg.workers_sweep, cfg.batch_sizes, _run_settings(cfg, 1), size,
                       cfg.repeated_sampling)  # fmt: skip
     for *_, row_cfg in plans:

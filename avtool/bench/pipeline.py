@@ -130,9 +130,7 @@ class PipelineConfig:
         if self.batch_size is not None:
             return self.batch_size
         if self.job == "videomae":
-            return (
-                next(f for f in dataclasses.fields(VideoMAETrainConfig) if f.name == "run").default_factory().batch_size
-            )
+            return recipe_default("run", VideoMAETrainConfig).batch_size
         return recipe_default("run").batch_size
 
 
@@ -344,13 +342,13 @@ def _videomae_configs(cfg: PipelineConfig, run: RunConfig, report: Callable[[str
                       ) -> tuple[dict[str, JobConfig], dict[str, Path], Path]:  # fmt: skip
     """As ``_lavila_configs`` for VideoMAE on the Kinetics set: avtool's decoder, and Fig. 7's reference
     (decode-then-crop)."""
-    from avtool.bench.fig7 import FAST_KINETICS_CHUNKS, KINETICS_CHUNKS, prepare_kinetics
+    from avtool.bench.fig7 import FAST_KINETICS_CHUNKS, KINETICS_CHUNKS, fig7_size, prepare_kinetics
 
     root, train_list = prepare_kinetics(cfg.inputs, report)
     roots = {KINETICS_CHUNKS: root}
     if cfg.remedies:
         roots[FAST_CHUNKS] = prepare_kinetics(cfg.inputs, report, FAST_KINETICS_CHUNKS)[0]
-    size = "tiny" if cfg.model.name == "tiny" else "base"  # as Fig. 7: ViT-B; --tiny for seconds on a CPU
+    size = fig7_size(cfg.model)
 
     def config(decoder: DecoderConfig) -> VideoMAETrainConfig:
         return VideoMAETrainConfig(root=root, train_list=train_list, size=size, decoder=decoder, run=run)  # type: ignore[arg-type]
