@@ -11,6 +11,7 @@ decay; they share the engine, the loader, Mixup and the optimiser code, not a re
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,9 @@ class KineticsJob:
                                   f"{self.num_classes} classes")  # fmt: skip
         return self._eval_set
 
-    @property
+    @cached_property
     def num_classes(self) -> int:
+        """The training list's classes (its highest label + 1), read once: the loss needs it every step."""
         return int(self.train_dataset().labels.max(initial=0)) + 1
 
     def build_model(self) -> VideoMAEClassifier:
