@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,30 @@ def small_sample(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("sample")
     make_sample(SampleConfig(dest=dest, seed=0, **SMALL_SAMPLE))
     return dest
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def avtool_main(monkeypatch, capsys) -> Callable[..., CliResult]:
+    """Run the console script's entry point in this process (a process per call costs seconds of imports);
+    tests that need a real process (tracebacks, signals, torchrun) start one."""
+    from avtool.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["avtool", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

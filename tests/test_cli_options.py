@@ -65,12 +65,19 @@ USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize(("args", "named"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
-def test_usage_mistakes_are_one_line_with_exit_status_2(args, named, tmp_path):
-    result = _avtool(*args, cwd=tmp_path)
+def test_usage_mistakes_are_one_line_with_exit_status_2(args, named, tmp_path, monkeypatch, avtool_main):
+    monkeypatch.chdir(tmp_path)
+    result = avtool_main(*args)
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:"), result.stderr
     assert named in result.stderr
+
+
+def test_a_usage_mistake_in_a_real_process_is_one_line(tmp_path):
+    result = _avtool("train", "lavila", "r", "m", "--batch-size", "big", cwd=tmp_path)
+    assert result.returncode == 2 and result.stdout == "", (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:") and "--batch-size" in result.stderr
 
 
 def test_version_and_short_help():
@@ -151,15 +158,15 @@ def test_config_file_round_trip_in_every_format(tmp_path):
     assert flat["run"]["batch_size"] == 48 and flat["optim"]["fixed_lr"] is False
 
 
-def test_config_file_mistakes_are_one_line(tmp_path):
+def test_config_file_mistakes_are_one_line(tmp_path, avtool_main):
     (tmp_path / "typo.yaml").write_text("root: r\nmetadata: m\nrun:\n  epoch: 3\n")
-    result = _avtool("train", "lavila", "--config", str(tmp_path / "typo.yaml"))
+    result = avtool_main("train", "lavila", "--config", str(tmp_path / "typo.yaml"))
     assert result.returncode == 2 and "run.epoch" in result.stderr and "run.epochs" in result.stderr
     (tmp_path / "type.yaml").write_text("root: r\nmetadata: m\nrun:\n  epochs: many\n")
-    result = _avtool("train", "lavila", "--config", str(tmp_path / "type.yaml"))
+    result = avtool_main("train", "lavila", "--config", str(tmp_path / "type.yaml"))
     assert result.returncode == 2 and "whole number" in result.stderr and result.stderr.count("\n") == 1
     (tmp_path / "bad.yaml").write_text("root: [unclosed\n")
-    result = _avtool("train", "lavila", "--config", str(tmp_path / "bad.yaml"))
+    result = avtool_main("train", "lavila", "--config", str(tmp_path / "bad.yaml"))
     assert result.returncode == 2 and "not valid YAML" in result.stderr and result.stderr.count("\n") == 1
 
 

@@ -165,13 +165,13 @@ def _avtool(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "avtool.cli", *args], capture_output=True, text=True, timeout=600)
 
 
-def test_cli_reports_missing_inputs_in_one_line(tmp_path):
-    result = _avtool("train", "lavila", str(tmp_path / "nowhere"), str(tmp_path / "none.pkl"), "--model", "tiny",
+def test_cli_reports_missing_inputs_in_one_line(tmp_path, avtool_main):
+    result = avtool_main("train", "lavila", str(tmp_path / "nowhere"), str(tmp_path / "none.pkl"), "--model", "tiny",
                      "--output", str(tmp_path / "out"))  # fmt: skip
     assert result.returncode == 2
     assert "nowhere does not exist" in result.stderr and "none.pkl does not exist" in result.stderr
     assert "Traceback" not in result.stderr
-    result = _avtool("train", "cls", str(tmp_path), str(tmp_path), "--nproc-per-node", "2", "--nnodes", "2")
+    result = avtool_main("train", "cls", str(tmp_path), str(tmp_path), "--nproc-per-node", "2", "--nnodes", "2")
     assert result.returncode == 2 and "--rdzv-endpoint" in result.stderr
 
 
