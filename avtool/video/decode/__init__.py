@@ -4,9 +4,9 @@ each in ``fused`` (Fused DecodeCrop) or ``decode-then-crop`` mode, with seek or 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from avtool.video.clips import ClipPlan
 from avtool.video.crops import Crop
@@ -22,6 +22,9 @@ from avtool.video.decode.base import (
     Mode,
     StageTimes,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ACCESSES", "BACKENDS", "MODES", "Access", "Backend", "BadChunkError", "Decoder", "DecoderConfig", "Mode",
@@ -45,6 +48,8 @@ def read_clip(decoder: Decoder, plan: ClipPlan, crop: Crop, size: int, times: St
     """uint8 tensor (T, size, size, 3) of the plan's frames in order, one crop for all of them,
     whichever chunk files they come from."""
     parts = [decoder.decode(read, crop, size, times) for read in plan.reads]
+    import torch  # here, not at the top: `avtool chunk` reads DecoderConfig and should start without torch
+
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
@@ -53,4 +58,6 @@ def read_views(
 ) -> torch.Tensor:
     """uint8 tensor (len(crops), T, size, size, 3): the plan's frames decoded once, one view per crop."""
     parts = [decoder.decode_views(read, crops, size, times) for read in plan.reads]
+    import torch
+
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1))
