@@ -109,3 +109,40 @@ def test_fine_tuning_beats_the_majority_class(learning_data, tmp_path):
     print(f"EK-100 CLS on {len(job.eval_dataset())} held-out clips: majority {majority}, trained {result.last_eval}")
     assert result.last_eval["action_top1"] > majority["action_top1"]
     assert result.last_eval["noun_top1"] > majority["noun_top1"] + 10
+
+
+@pytest.fixture(scope="module")
+def kinetics_learning_data(tmp_path_factory) -> Path:
+    """The sample's Kinetics layout with 16 training and 8 held-out 4-s clips per class, chunked whole at 64p."""
+    sample = tmp_path_factory.mktemp("kinetics_sample")
+    make_sample(SampleConfig(dest=sample, ego4d_durations=(4.0,), ek100_videos=(("P01_01", 30, 3.0),),
+                             kinetics_clips=16, kinetics_val_clips=8, kinetics_seconds=4.0))  # fmt: skip
+    encode = EncodeSettings(chunk_len=60, short_side=64, preset="veryfast")
+    report = run_chunking(plan_chunking(ChunkConfig(src=sample / "kinetics", dst=sample / "chunks", encode=encode,
+                                                    workers=2)))  # fmt: skip
+    assert report.ok, report.failures
+    return sample
+
+
+def test_kinetics_fine_tuning_beats_the_majority_class(kinetics_learning_data, tmp_path):
+    from avtool.train import kinetics
+    from avtool.train.evaluate import majority_label_accuracy
+
+    lists = kinetics_learning_data / "kinetics"
+    cfg = kinetics.KineticsFinetuneConfig(
+        kinetics_learning_data / "chunks", lists / "train.csv", lists / "val.csv", size="tiny",
+        # 80 clips of 5 classes from scratch: the recipe's augmentations and Mixup only blur so little data,
+        # and flips would turn push-left into push-right.
+        flip=0.0, rand_augment="none", random_erase=0.0, drop_path=0.0, crop_scale=(0.4, 1.0),
+        mixup=MixupConfig(mixup_alpha=0, cutmix_alpha=0, label_smoothing=0.0),
+        run=RunConfig(output_dir=tmp_path, epochs=40, batch_size=16, workers=2, eval_every=0, log_every=50,
+                      save_every=10_000),
+        optim=OptimConfig(lr=2e-3, weight_decay=0.05, warmup_epochs=2, lr_start=1e-5, lr_end=1e-5),
+    )  # fmt: skip
+    job = kinetics.KineticsJob(cfg)
+    majority = majority_label_accuracy(job.train_dataset().labels, job.eval_dataset().labels)
+    result = kinetics.run(cfg)
+    top1 = result.last_eval["top1"]
+    print(f"Kinetics on {len(job.eval_dataset())} held-out clips x 15 views: majority {majority:.1f}, top-1 {top1:.1f}")
+    # Measured 45 and 52 (seeds 0 and 1) against 20 on the 2-core VM; 18 of 40 right by chance has p < 0.001.
+    assert top1 >= majority + 15

@@ -256,28 +256,31 @@ def test_default_sample_holds_out_enough_retrieval_clips(tmp_path):
 
 def test_kinetics_layout_has_one_action_per_clip_and_both_list_formats(tmp_path):
     from avtool.data import ClipConfig, KineticsConfig, KineticsList
-    from avtool.prep.sample import SampleConfig, make_sample
-    from avtool.prep.synthetic import VERBS
+    from avtool.prep.sample import KINETICS_CLASSES, SampleConfig, kinetics_class_name, make_sample
 
     cfg = SampleConfig(dest=tmp_path / "s", ego4d_durations=(4.0,), ek100_videos=(("P01_01", 30, 3.0),),
                        kinetics_clips=1, kinetics_seconds=3.0, workers=2)  # fmt: skip
     make_sample(cfg)
     root = tmp_path / "s" / "kinetics"
-    assert (root / "classes.txt").read_text().split() == [v.name for v in VERBS]
+    classes = (root / "classes.txt").read_text().split()
+    assert classes[:3] == ["push_left_red_ball", "push_right_blue_box", "lift_green_cone"]
+    assert len(classes) == len(set(classes)) == len(KINETICS_CLASSES)
     train = (root / "train.csv").read_text().splitlines()
     val = (root / "val_videomae.csv").read_text().splitlines()
-    assert len(train) == len(val) == len(VERBS)  # one clip per class each, the last held out
+    assert len(train) == len(val) == len(classes)  # one clip per class each, the last held out
     path, frames, label = train[2].split()
-    assert path.startswith(f"train/{VERBS[int(label)].name}/") and int(frames) == 90
+    assert path.startswith(f"train/{kinetics_class_name(int(label))}/") and int(frames) == 90
     info = probe_video(root / path)
     assert (info.width, info.height, info.fps) == (568, 320, 30.0)
-    # Every clip shows its own class's action and no other (the events of its script).
+    # Every clip shows its own class's action on its class's object and nothing else (the events of its
+    # script), with one other object on the table.
     from avtool.prep.sample import _plan_kinetics
 
     for _, script, _, label in _plan_kinetics(cfg, tmp_path / "s"):
-        assert script.events and {e.verb for e in script.events} == {label}
+        assert script.events and {(e.verb, e.noun) for e in script.events} == {KINETICS_CLASSES[label]}
+        assert len(script.objects) == 2 and KINETICS_CLASSES[label][1] in script.objects
     # avtool reads both formats: AVION's (path num_frames label) and VideoMAE's (path label).
     for name in ("train.csv", "val_videomae.csv"):
         data = KineticsList(KineticsConfig(root / name, ClipConfig(root, num_frames=4, size=32), stride=4, jitter=True))
         item = data[0]
-        assert item["video"].shape == (4, 32, 32, 3) and 0 <= item["label"] < len(VERBS)
+        assert item["video"].shape == (4, 32, 32, 3) and 0 <= item["label"] < len(classes)

@@ -11,7 +11,7 @@ Ego4D layout::
     DEST/ego4d/ego4d_train.rephraser.pkl                       narration is a list of paraphrases
     DEST/ego4d/ego4d_val.pkl                                   held-out video(s)
 
-Kinetics layout (short clips of one action each; the classes are the verbs)::
+Kinetics layout (short clips of one action on one kind of object each, e.g. push_left_red_ball)::
 
     DEST/kinetics/{train,val}/<class>/<id>.mp4                 10-s clips, short side 320, 30 fps
     DEST/kinetics/{train,val}.csv                              AVION's lists: path num_frames label
@@ -124,6 +124,8 @@ class SampleConfig:
     )  # fmt: skip
     kinetics_seconds: float = 10.0
     """Length of each Kinetics clip (Kinetics' clips are 10 s)."""
+    kinetics_val_clips: int = 1
+    """Held-out Kinetics clips per action class (the validation list)."""
     workers: int = option(
         default_factory=lambda: os.cpu_count() or 1,
         flags="--procs",
@@ -139,6 +141,8 @@ class SampleConfig:
             raise AvtoolError(f"--minutes must be positive, got {self.minutes}")
         if self.kinetics_clips < 0 or not self.kinetics_seconds >= 2 * EVENT_SECONDS[0]:
             raise AvtoolError(f"--kinetics-clips must be 0 or more and clips at least {2 * EVENT_SECONDS[0]:g} s long")
+        if self.kinetics_val_clips < 1:
+            raise AvtoolError(f"kinetics_val_clips must be at least 1, got {self.kinetics_val_clips}")
 
     def durations(self) -> tuple[float, ...]:
         """Seconds of each Ego4D video: ``ego4d_durations``, else --videos × --minutes over the preset's."""
@@ -289,12 +293,17 @@ def _fingerprint(cfg: SampleConfig) -> dict:
     """What the sample's bytes depend on: the format, the seed and the resolved sizes."""
     sizes = {"ego4d_durations": list(cfg.durations()), "ek100_videos": [list(v) for v in cfg.ek100_videos]}
     if cfg.kinetics_clips:  # (samples made before the Kinetics layout keep their fingerprint)
-        sizes["kinetics"] = [cfg.kinetics_clips, cfg.kinetics_seconds]
+        # (2: classes of one action on one kind of object)
+        sizes["kinetics"] = [cfg.kinetics_clips, cfg.kinetics_seconds, cfg.kinetics_val_clips, 2]
     return {"format": FORMAT, "seed": cfg.seed, **sizes}
 
 
-def _objects(rng: np.random.Generator) -> list[int]:
-    return sorted(int(i) for i in rng.choice(len(NOUNS), size=4, replace=False))
+def _objects(rng: np.random.Generator, noun: int | None = None, count: int = 4) -> list[int]:
+    """``count`` objects for a table, ``noun`` among them if given."""
+    if noun is None:
+        return sorted(int(i) for i in rng.choice(len(NOUNS), size=count, replace=False))
+    others = [i for i in range(len(NOUNS)) if i != noun]
+    return sorted([noun, *(int(i) for i in rng.choice(others, size=count - 1, replace=False))])
 
 
 def _plan_ego4d(cfg: SampleConfig, dest: Path) -> tuple[list, list[tuple]]:
@@ -338,19 +347,37 @@ KINETICS_SIZE = (568, 320)
 """Kinetics clips as the recipes re-encode them: short side 320 (16:9)."""
 
 
+KINETICS_CLASSES: tuple[tuple[int, int], ...] = tuple((i, i) for i in range(len(VERBS)))
+"""(verb, noun) of each Kinetics class: one action on one kind of object, as Kinetics' classes name both
+("push left red ball"); the clip's other objects are drawn from the other nouns."""
+
+
+KINETICS_OBJECTS = 2
+"""Objects on a Kinetics clip's table: the class's own and one other (a Kinetics clip is framed on its
+action)."""
+
+
+def kinetics_class_name(label: int) -> str:
+    """Folder and class name of a Kinetics class, e.g. ``push_left_red_ball``."""
+    verb, noun = KINETICS_CLASSES[label]
+    return "_".join(f"{VERBS[verb].name} {NOUNS[noun].phrase}".replace("-", " ").split())
+
+
 def _plan_kinetics(cfg: SampleConfig, dest: Path) -> list[tuple[VideoSpec, Script, str, int]]:
-    """(spec, script, split, label) of each Kinetics clip: ``kinetics_clips`` + 1 per action class (the last
-    one of each class held out for validation), every clip showing its class's action again and again."""
+    """(spec, script, split, label) of each Kinetics clip: ``kinetics_clips`` + ``kinetics_val_clips`` per action
+    class (the last ones of each class held out for validation), every clip showing its class's action again
+    and again."""
     out = []
     width, height = KINETICS_SIZE
-    for label, verb in enumerate(VERBS):
-        for k in range(cfg.kinetics_clips + 1 if cfg.kinetics_clips else 0):
+    for label, (verb, noun) in enumerate(KINETICS_CLASSES):
+        for k in range(cfg.kinetics_clips + cfg.kinetics_val_clips if cfg.kinetics_clips else 0):
             rng = np.random.default_rng([cfg.seed, 4, label, k])
-            split = "val" if k == cfg.kinetics_clips else "train"
+            split = "val" if k >= cfg.kinetics_clips else "train"
             clip_id = f"{rng.bytes(6).hex()}_{k:06d}"
-            spec = VideoSpec(dest / "kinetics" / split / verb.name / f"{clip_id}.mp4", width, height, 30,
-                             cfg.kinetics_seconds, seed=int(rng.integers(2**31)))  # fmt: skip
-            out.append((spec, plan_action_script(spec, _objects(rng), label, rng), split, label))
+            path = dest / "kinetics" / split / kinetics_class_name(label) / f"{clip_id}.mp4"
+            spec = VideoSpec(path, width, height, 30, cfg.kinetics_seconds, seed=int(rng.integers(2**31)))
+            script = plan_action_script(spec, _objects(rng, noun, KINETICS_OBJECTS), verb, rng, noun)
+            out.append((spec, script, split, label))
     return out
 
 
@@ -365,7 +392,8 @@ def _write_kinetics_lists(dest: Path, clips: list[tuple[VideoSpec, Script, str, 
                 for spec, _, s, label in clips if s == split]  # fmt: skip
         atomic_write_text(root / f"{split}.csv", "".join(f"{p} {n} {label}\n" for p, n, label in rows))
         atomic_write_text(root / f"{split}_videomae.csv", "".join(f"{p} {label}\n" for p, _, label in rows))
-    atomic_write_text(root / "classes.txt", "".join(f"{verb.name}\n" for verb in VERBS))
+    names = [kinetics_class_name(i) for i in range(len(KINETICS_CLASSES))]
+    atomic_write_text(root / "classes.txt", "".join(f"{name}\n" for name in names))
 
 
 def _write_ego4d_metadata(cfg: SampleConfig, dest: Path, rows: list[tuple[str, int, Event]]) -> None:

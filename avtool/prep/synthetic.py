@@ -156,18 +156,22 @@ def plan_script(spec: VideoSpec, objects: list[int], rng: np.random.Generator) -
 _SHAKE = next(i for i, v in enumerate(VERBS) if v.direction == (0.0, 0.0))
 
 
-def plan_action_script(spec: VideoSpec, objects: list[int], verb: int, rng: np.random.Generator) -> Script:
-    """A clip of one action class: ``verb`` done again and again (to whichever object it can move), with short
-    pauses, until the clip ends or no object can take it any more (a Kinetics-style clip)."""
+def plan_action_script(
+    spec: VideoSpec, objects: list[int], verb: int, rng: np.random.Generator, noun: int | None = None
+) -> Script:
+    """A clip of one action class: ``verb`` done again and again (to ``noun``'s object if given, else to
+    whichever object it can move), with short pauses, until the clip ends or no object can take it any more
+    (a Kinetics-style clip)."""
+    slots = None if noun is None else [objects.index(noun)]
     events: list[Event] = []
     for _ in range(100):  # a table on which the action can happen at least once (lowering needs room below)
         start_positions = _initial_positions(len(objects), rng)
-        if _find_move(spec, start_positions, verb, EVENT_SECONDS[0], rng) is not None:
+        if _find_move(spec, start_positions, verb, EVENT_SECONDS[0], rng, slots) is not None:
             break
     positions = list(start_positions)
     t = float(rng.uniform(0.2, 0.6))
     while (length := min(float(rng.uniform(*EVENT_SECONDS)), spec.duration - 0.2 - t)) >= EVENT_SECONDS[0]:
-        move = _find_move(spec, positions, verb, length, rng)
+        move = _find_move(spec, positions, verb, length, rng, slots)
         if move is None:
             break
         slot, length = move
@@ -185,11 +189,16 @@ def _moved(spec: VideoSpec, position: tuple[float, float], verb: int, length: fl
 
 
 def _find_move(
-    spec: VideoSpec, positions: list[tuple[float, float]], verb: int, length: float, rng: np.random.Generator
+    spec: VideoSpec,
+    positions: list[tuple[float, float]],
+    verb: int,
+    length: float,
+    rng: np.random.Generator,
+    slots: list[int] | None = None,
 ) -> tuple[int, float] | None:
-    """(object slot, seconds) for ``verb``: objects in random order, each tried at ``length`` and then
-    shorter (an object far up cannot be lifted for long)."""
-    for slot in rng.permutation(len(positions)):
+    """(object slot, seconds) for ``verb``: objects (``slots``, else all) in random order, each tried at
+    ``length`` and then shorter (an object far up cannot be lifted for long)."""
+    for slot in rng.permutation(len(positions) if slots is None else slots):
         for seconds in (length, (length + EVENT_SECONDS[0]) / 2, EVENT_SECONDS[0]):
             x, y = _moved(spec, positions[slot], verb, seconds)
             # Away from the edges by more than the camera's drift, so that objects stay in view.
